@@ -1,0 +1,30 @@
+# Set-up lives here so that `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+ARGS ?= "lofi hip hop to smooth jazz" --model tiny --duration 30 --no-play --out riff.wav
+
+.PHONY: run test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
+	@ldconfig -p 2>/dev/null | grep -q libportaudio || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q libportaudio2 || (apt-get update -q && apt-get install -y -q libportaudio2)) >/dev/null; \
+	  else echo "note: install PortAudio (Debian/Ubuntu: sudo apt-get install libportaudio2) for live playback"; fi; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[test]"
+	@# optimum-intel lists torchvision, but Stable Diffusion never imports it, and PyPI's
+	@# torchvision fails to import beside the CPU build of torch, breaking optimum.intel.
+	$(PIP) uninstall -q -y torchvision
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m riffstream $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,5 @@
+"""``python -m riffstream``: the command line."""
+
+from riffstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,9 @@
+"""The one exception type the command line turns into a single line of text."""
+
+
+class RiffstreamError(Exception):
+    """A problem the user can fix: bad input, a missing model, an unusable device.
+
+    The CLI prints ``str(error)`` on one line and exits non-zero; anything else that
+    escapes is a bug.
+    """
