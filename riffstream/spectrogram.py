@@ -14,14 +14,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import scipy.fft
 import scipy.signal
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from riffstream.errors import RiffstreamError
 
@@ -243,6 +245,28 @@ def image_from_mel(mel: np.ndarray, params: SpectrogramParams) -> Image.Image:
     exif = image.getexif()
     exif.update(dataclasses.replace(params, max_value=max_value).to_exif())
     return image
+
+
+def read_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode an image file, with one-line errors for missing or broken files."""
+    path = Path(path)
+    if not path.is_file():
+        raise RiffstreamError(f"no such image: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy() if not image.getexif() else _with_exif(image)
+    except UnidentifiedImageError:
+        raise RiffstreamError(f"{path} is not an image") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise RiffstreamError(f"{path} is a corrupt image: {error}") from None
+
+
+def _with_exif(image: Image.Image) -> Image.Image:
+    """A detached copy of ``image`` that keeps its EXIF tags."""
+    copy = image.copy()
+    copy.getexif().update(image.getexif())
+    return copy
 
 
 def params_for_image(image: Image.Image, params: SpectrogramParams | None = None) -> SpectrogramParams:

@@ -1,0 +1,119 @@
+"""Where audio goes: files written incrementally, and (in the stream) the sound card.
+Reading audio files lives here too, so that all file formats are handled in one place.
+
+Files are written to a hidden temporary name beside the target and renamed into place
+when closed, so a failed run leaves nothing half-written, while a render that is
+interrupted still closes cleanly with every finished clip in it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import soundfile
+
+from riffstream.errors import RiffstreamError
+
+#: Container and sample format for each extension soundfile can stream to.
+FILE_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
+#: Largest block handed to libsndfile at once: very large single OGG writes are known to
+#: crash or truncate in libsndfile.
+WRITE_BLOCK = 1 << 16
+
+
+def file_format(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(format, subtype) for an output path, chosen by its extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise RiffstreamError(f"cannot write {suffix or 'files without an extension'}: use .wav, .flac or .ogg")
+    return FILE_FORMATS[suffix]
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail early, with one line, if an output file cannot be created at ``path``."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise RiffstreamError(f"cannot write {path}: it is a directory")
+    if not directory.is_dir():
+        raise RiffstreamError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise RiffstreamError(f"cannot write {path}: permission denied")
+    return path
+
+
+class AudioFileWriter:
+    """Streams float audio (channels, samples) to WAV, FLAC or OGG, block by block.
+
+    ``close()`` renames the finished file into place; ``discard()`` removes it. Used as a
+    context manager it closes on success and on KeyboardInterrupt (keeping what was
+    written), and discards on any other error.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], sample_rate: int, channels: int) -> None:
+        self.path = check_writable(path)
+        container, subtype = file_format(self.path)
+        self._partial = self.path.with_name(f".{self.path.name}.partial")
+        try:
+            self._file = soundfile.SoundFile(
+                self._partial, "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype
+            )
+        except (OSError, soundfile.LibsndfileError) as error:
+            raise RiffstreamError(f"cannot write {self.path}: {error}") from None
+        self.frames_written = 0
+
+    def write(self, samples: np.ndarray) -> None:
+        """Append (channels, samples) or (samples,) float audio."""
+        block = np.atleast_2d(np.asarray(samples, dtype=np.float32)).T
+        for start in range(0, block.shape[0], WRITE_BLOCK):
+            self._file.write(block[start : start + WRITE_BLOCK])
+        self._file.flush()
+        self.frames_written += block.shape[0]
+
+    def close(self) -> Path:
+        """Finish the file and move it to its final name."""
+        if not self._file.closed:
+            self._file.close()
+            os.replace(self._partial, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Abandon the file, leaving nothing behind."""
+        if not self._file.closed:
+            self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> AudioFileWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if kind is None or issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            self.close()
+        else:
+            self.discard()
+
+
+def write_audio(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int) -> Path:
+    """Write a whole (channels, samples) or (samples,) signal to ``path``."""
+    samples = np.atleast_2d(samples)
+    with AudioFileWriter(path, sample_rate, samples.shape[0]) as writer:
+        writer.write(samples)
+    return writer.path
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """(channels, samples) float64 audio and its sample rate from any file libsndfile reads."""
+    path = Path(path)
+    if not path.is_file():
+        raise RiffstreamError(f"no such audio file: {path}")
+    try:
+        samples, sample_rate = soundfile.read(path, dtype="float64", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+        raise RiffstreamError(f"cannot read {path} as audio: {error}") from None
+    if samples.size == 0:
+        raise RiffstreamError(f"{path} holds no audio")
+    return samples.T, int(sample_rate)
