@@ -1,0 +1,102 @@
+"""`riffstream image-to-audio` and `audio-to-image`, run as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from riffstream.spectrogram import ExifTag
+
+
+def riffstream(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "riffstream", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("riffstream: error:") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.fixture()
+def song(tmp_path: Path) -> Path:
+    rate = 22050
+    t = np.arange(int(2.5 * rate)) / rate
+    chord = sum(np.sin(2 * np.pi * f * t) * np.exp(-((t % 0.5) * 6)) for f in (220.0, 277.2, 329.6)) / 4
+    path = tmp_path / "song.wav"
+    soundfile.write(path, chord, rate)
+    return path
+
+
+def test_audio_to_image_and_back_round_trips_through_files(tmp_path: Path, song: Path) -> None:
+    image_path, audio_path = tmp_path / "song.png", tmp_path / "back.flac"
+    made = riffstream("audio-to-image", song, image_path)
+    assert made.returncode == 0, made.stderr
+    image = Image.open(image_path)
+    assert image.size == (251, 512) and image.getexif()[ExifTag.SAMPLE_RATE] == 44100
+    back = riffstream("image-to-audio", image_path, audio_path)
+    assert back.returncode == 0, back.stderr
+    audio, rate = soundfile.read(audio_path)
+    assert rate == 44100 and audio.shape == (251 * 441,)
+    assert 0.05 < np.max(np.abs(audio)) <= 10 ** (-1 / 20) + 1e-4
+    assert leftovers(tmp_path) == ["back.flac", "song.png", "song.wav"]
+
+
+def test_missing_image_is_one_line_error(tmp_path: Path) -> None:
+    assert_one_line_error(riffstream("image-to-audio", tmp_path / "nope.png", tmp_path / "out.wav"), "no such image")
+    assert leftovers(tmp_path) == []
+
+
+def test_non_image_file_is_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("these are not pixels")
+    assert_one_line_error(riffstream("image-to-audio", tmp_path / "notes.png", tmp_path / "out.wav"), "not an image")
+    assert leftovers(tmp_path) == ["notes.png"]
+
+
+def test_corrupt_image_is_one_line_error(tmp_path: Path) -> None:
+    Image.new("RGB", (512, 512), (90, 90, 90)).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(riffstream("image-to-audio", tmp_path / "cut.png", tmp_path / "out.wav"), "corrupt")
+    assert "out.wav" not in leftovers(tmp_path)
+
+
+def test_image_of_wrong_height_is_one_line_error(tmp_path: Path) -> None:
+    Image.new("RGB", (512, 256), (90, 90, 90)).save(tmp_path / "short.png")
+    assert_one_line_error(riffstream("image-to-audio", tmp_path / "short.png", tmp_path / "out.wav"), "256 pixels high")
+    assert "out.wav" not in leftovers(tmp_path)
+
+
+def test_unwritable_output_is_one_line_error(tmp_path: Path, song: Path) -> None:
+    Image.new("RGB", (64, 512), (90, 90, 90)).save(tmp_path / "clip.png")
+    assert_one_line_error(riffstream("image-to-audio", tmp_path / "clip.png", tmp_path / "missing" / "out.wav"),
+                          "does not exist")
+    (tmp_path / "folder.wav").mkdir()
+    assert_one_line_error(riffstream("image-to-audio", tmp_path / "clip.png", tmp_path / "folder.wav"), "directory")
+    assert_one_line_error(riffstream("image-to-audio", tmp_path / "clip.png", tmp_path / "out.mp4"), ".mp4")
+    assert_one_line_error(riffstream("audio-to-image", song, tmp_path / "missing" / "out.png"), "does not exist")
+    assert leftovers(tmp_path) == ["clip.png", "folder.wav", "song.wav"]
+
+
+def test_empty_and_silent_audio_are_one_line_errors(tmp_path: Path) -> None:
+    soundfile.write(tmp_path / "empty.wav", np.zeros(0), 44100)
+    soundfile.write(tmp_path / "silent.wav", np.zeros(44100), 44100)
+    assert_one_line_error(riffstream("audio-to-image", tmp_path / "empty.wav", tmp_path / "a.png"), "no audio")
+    assert_one_line_error(riffstream("audio-to-image", tmp_path / "silent.wav", tmp_path / "b.png"), "silent")
+    assert_one_line_error(riffstream("audio-to-image", tmp_path / "missing.wav", tmp_path / "c.png"), "no such audio")
+    (tmp_path / "text.wav").write_text("not audio")
+    assert_one_line_error(riffstream("audio-to-image", tmp_path / "text.wav", tmp_path / "d.png"), "cannot read")
+    assert leftovers(tmp_path) == ["empty.wav", "silent.wav", "text.wav"]
