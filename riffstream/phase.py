@@ -124,17 +124,21 @@ def _istft(spectrum: np.ndarray, plan: _Plan) -> np.ndarray:
     return signal.reshape(channels, -1)[:, : gain.size] * gain
 
 
-def pghi_phase(magnitude: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+def pghi_phase(magnitude: np.ndarray, params: SpectrogramParams, known_phase: np.ndarray | None = None) -> np.ndarray:
     """Starting phase (channels, frames, bins) for ``_istft`` from magnitude alone, by PGHI.
 
     For a Gaussian-like window of time spread λ, and phase measured from the frame centre,
     the phase's time derivative is 2πω + (1/λ)·∂log|S|/∂ω and its frequency derivative is
     −λ·∂log|S|/∂t. Integration runs outward from the loudest cell through the loudest
-    neighbours, where those estimates are reliable.
+    neighbours, where those estimates are reliable. ``known_phase`` (channels, k, bins)
+    fixes the first k frames, and integration then starts from them, so a clip can
+    continue the phase of the one before it.
     """
     plan = _plan(params)
     lam = PGHI_GAMMA * plan.n_fft**2
     phases = np.empty(magnitude.shape, np.float32)
+    # Frame-start phase (what _istft's DFT uses) minus frame-centre phase, per bin.
+    centre_shift = 2 * np.pi * np.arange(magnitude.shape[-1]) * (plan.n_fft // 2) / plan.n_fft
     for channel, mag in enumerate(magnitude):
         frames, bins = mag.shape
         peak = float(mag.max())
@@ -147,19 +151,20 @@ def pghi_phase(magnitude: np.ndarray, params: SpectrogramParams) -> np.ndarray:
         # Phase advance per frame step, and per bin step.
         time_step = plan.hop * (2 * np.pi * np.arange(bins) / plan.n_fft + d_freq * plan.n_fft / lam)
         freq_step = -lam * d_time / (plan.hop * plan.n_fft)
-        phase = _integrate_on_bottleneck_tree(mag, time_step, freq_step, peak * PGHI_TOLERANCE)
-        # From frame-centre phase to the frame-start phase that _istft's DFT uses.
-        phases[channel] = phase + np.pi * (np.arange(bins) * (plan.n_fft // 2) * 2 / plan.n_fft)
+        known = None if known_phase is None else known_phase[channel] - centre_shift
+        phase = _integrate_on_bottleneck_tree(mag, time_step, freq_step, peak * PGHI_TOLERANCE, known)
+        phases[channel] = phase + centre_shift
     return phases
 
 
 def _integrate_on_bottleneck_tree(mag: np.ndarray, time_step: np.ndarray, freq_step: np.ndarray,
-                                  floor: float) -> np.ndarray:
+                                  floor: float, known: np.ndarray | None = None) -> np.ndarray:
     """Integrate phase steps along a maximum-bottleneck spanning tree of the loud cells.
 
     Every loud cell is reached from the loudest cell of its region along the path whose
     quietest cell is as loud as possible, which is the order PGHI's heap visits cells in.
-    Quiet cells keep zero phase.
+    Cells of the first ``len(known)`` frames start from their known phase instead, and a
+    region reached from them needs no peak of its own. Quiet cells keep zero phase.
     """
     frames, bins = mag.shape
     loud_grid = mag > floor
@@ -178,10 +183,20 @@ def _integrate_on_bottleneck_tree(mag: np.ndarray, time_step: np.ndarray, freq_s
     np.minimum.at(region_peak_cost, region_of, cost)
     is_peak = cost == region_peak_cost[region_of]
     peak_nodes = np.flatnonzero(is_peak)[np.unique(region_of[is_peak], return_index=True)[1]]
+    start_value = np.zeros(root + 1)
+    known_nodes = np.zeros(0, dtype=np.int64)
+    if known is not None:
+        known_nodes = node[: len(known)][node[: len(known)] >= 0]
+        start_value[known_nodes] = known[node[: len(known)] >= 0]
+    # Kruskal takes the cheapest edges first: known cells (0.5), then grid edges (1 and up),
+    # and a region's peak edge (dearest) only when nothing else reaches that region.
+    peak_cost = cost.max() + 2.0 if cost.size else 2.0
     graph = scipy.sparse.csr_matrix(
         (
-            np.concatenate([np.maximum(cost[tails], cost[heads]) + 1.0, np.ones(regions)]),
-            (np.concatenate([tails, peak_nodes]), np.concatenate([heads, np.full(regions, root)])),
+            np.concatenate([np.maximum(cost[tails], cost[heads]) + 1.0, np.full(known_nodes.size, 0.5),
+                            np.full(regions, peak_cost)]),
+            (np.concatenate([tails, known_nodes, peak_nodes]),
+             np.concatenate([heads, np.full(known_nodes.size + regions, root)])),
         ),
         shape=(root + 1, root + 1),
     )
@@ -200,7 +215,7 @@ def _integrate_on_bottleneck_tree(mag: np.ndarray, time_step: np.ndarray, freq_s
         (child_frame - parent_frame) * 0.5 * (t_step[parents] + t_step[children]),
         (child_bin - parent_bin) * 0.5 * (f_step[parents] + f_step[children]),
     )
-    step[from_root] = 0.0
+    step[from_root] = start_value[children[from_root]]
     # Pointer jumping: after k rounds each node holds the sum over its 2^k nearest ancestors.
     total = np.zeros(root + 1)
     total[children] = step
@@ -217,23 +232,38 @@ def _integrate_on_bottleneck_tree(mag: np.ndarray, time_step: np.ndarray, freq_s
     return phase.reshape(frames, bins)
 
 
-def griffin_lim(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramParams,
-                iterations: int = DEFAULT_ITERATIONS, momentum: float = MOMENTUM) -> np.ndarray:
-    """Fast Griffin-Lim from a starting phase; returns (channels, frames * hop) samples.
+@dataclass
+class Reconstruction:
+    """A clip's audio and the complex spectrum it was made from."""
 
-    Output sample n lines up with sample n of the audio the spectrogram was made from.
+    audio: np.ndarray  # float32 (channels, frames * hop), sample n aligned with image column n / hop
+    spectrum: np.ndarray  # complex64 (channels, frames, bins) on the reconstruction grid
+
+
+def griffin_lim(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramParams,
+                iterations: int = DEFAULT_ITERATIONS, momentum: float = MOMENTUM,
+                held_phase: np.ndarray | None = None) -> Reconstruction:
+    """Fast Griffin-Lim from a starting phase.
+
+    ``held_phase`` (channels, k, bins), as unit complex numbers, pins the phase of the
+    first k frames, so the clip stays coherent with audio already played there.
     """
     plan = _plan(params)
     frames = magnitude.shape[1]
+    held = 0 if held_phase is None else held_phase.shape[1]
     estimate = magnitude * np.exp(1j * phase).astype(np.complex64)
     previous = None
     for _ in range(iterations):
+        if held:
+            estimate[:, :held] = held_phase
         projected = _stft(_istft(_with_magnitude(estimate, magnitude), plan), plan, frames)
         estimate = projected if previous is None else projected + momentum * (projected - previous)
         previous = projected
-    signal = _istft(_with_magnitude(estimate, magnitude), plan)
+    if held:
+        estimate[:, :held] = held_phase
+    spectrum = _with_magnitude(estimate, magnitude)
     start = plan.n_fft // 2
-    return signal[:, start : start + frames * plan.hop]
+    return Reconstruction(audio=_istft(spectrum, plan)[:, start : start + frames * plan.hop], spectrum=spectrum)
 
 
 def _with_magnitude(spectrum: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
@@ -241,10 +271,24 @@ def _with_magnitude(spectrum: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
     return spectrum * (magnitude / np.maximum(np.abs(spectrum), 1e-30))
 
 
+def reconstruct(mel: np.ndarray, params: SpectrogramParams, iterations: int = DEFAULT_ITERATIONS,
+                lead_in: np.ndarray | None = None) -> Reconstruction:
+    """Audio from mel magnitudes (channels, mels, frames).
+
+    ``lead_in`` is the spectrum (channels, k, bins) of the previous clip over this clip's
+    first k frames: their phase is continued instead of invented, so that where two clips
+    overlap they add up coherently.
+    """
+    magnitude = linear_from_mel(mel, params)
+    held_phase = None if lead_in is None else lead_in / np.maximum(np.abs(lead_in), 1e-30)
+    known_phase = None if lead_in is None else np.angle(lead_in)
+    phase = pghi_phase(magnitude, params, known_phase)
+    return griffin_lim(magnitude, phase, params, iterations, held_phase=held_phase)
+
+
 def audio_from_mel(mel: np.ndarray, params: SpectrogramParams, iterations: int = DEFAULT_ITERATIONS) -> np.ndarray:
     """Audio (channels, frames * hop) from mel magnitudes (channels, mels, frames)."""
-    magnitude = linear_from_mel(mel, params)
-    return griffin_lim(magnitude, pghi_phase(magnitude, params), params, iterations)
+    return reconstruct(mel, params, iterations).audio
 
 
 def image_to_audio(image: Image.Image, params: SpectrogramParams | None = None,

@@ -81,9 +81,9 @@ def test_pghi_recovers_phase_from_a_true_magnitude(music: np.ndarray) -> None:
     plan = _plan(PARAMS)
     padded = np.pad(music, plan.n_fft // 2, mode="reflect").astype(np.float32)[None]
     magnitude = np.abs(_stft(padded, plan, music.size // plan.hop))
-    pghi_only = griffin_lim(magnitude, pghi_phase(magnitude, PARAMS), PARAMS, iterations=0)[0]
-    zero_phase = griffin_lim(magnitude, np.zeros_like(magnitude), PARAMS, iterations=0)[0]
-    refined = griffin_lim(magnitude, pghi_phase(magnitude, PARAMS), PARAMS, iterations=16)[0]
+    pghi_only = griffin_lim(magnitude, pghi_phase(magnitude, PARAMS), PARAMS, iterations=0).audio[0]
+    zero_phase = griffin_lim(magnitude, np.zeros_like(magnitude), PARAMS, iterations=0).audio[0]
+    refined = griffin_lim(magnitude, pghi_phase(magnitude, PARAMS), PARAMS, iterations=16).audio[0]
     assert spectral_convergence_db(music, pghi_only) < -18.0
     assert spectral_convergence_db(music, zero_phase) > -8.0
     assert spectral_convergence_db(music, refined) < -27.0

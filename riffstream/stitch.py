@@ -1,0 +1,166 @@
+"""Joining successive spectrogram clips into one continuous piece of audio.
+
+Riffusion's tools splice clips with hard cuts and normalise each clip on its own, so a
+seam is audible every five seconds. Here each clip is joined to the one before in three
+ways:
+
+1. **Phase continuation.** Consecutive clips overlap by the crossfade length. The new
+   clip's phase over the overlap is the previous clip's phase (PGHI starts from it and
+   Griffin-Lim holds it), so where the two spectrograms agree the two signals are the
+   same signal and add coherently instead of comb-filtering.
+2. **Correlation-aware equal-power crossfade.** The fade keeps the summed power constant
+   for the measured correlation ρ of the two overlapping signals: equal-power
+   (cos/sin-like) for unrelated clips, equal-gain for coherent ones, so neither a dip nor
+   a +3 dB bump marks the seam.
+3. **Steady loudness.** Each clip is brought to a target integrated loudness (ITU-R
+   BS.1770, via pyloudnorm; -14 LUFS by default) and a look-ahead limiter holds true
+   peaks below -1 dBTP. The new gain takes over during the crossfade, never as a step.
+
+``ClipStitcher`` is a plain object with no threads: the stream's consumer thread and the
+``image-to-audio`` command both feed it images, so files and live play are stitched alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyloudnorm
+import scipy.ndimage
+import scipy.signal
+from PIL import Image
+
+from riffstream.errors import RiffstreamError
+from riffstream.phase import DEFAULT_ITERATIONS, reconstruct
+from riffstream.spectrogram import SpectrogramParams, mel_from_image, params_for_image
+
+#: Seconds by which consecutive clips overlap and crossfade.
+DEFAULT_CROSSFADE = 0.5
+#: Target integrated loudness, the streaming services' norm.
+DEFAULT_LOUDNESS = -14.0
+#: True-peak ceiling in dBTP.
+TRUE_PEAK_CEILING = -1.0
+#: Look-ahead of the peak limiter, in seconds.
+LIMITER_LOOKAHEAD = 0.002
+
+
+def overlap_frames(params: SpectrogramParams, crossfade: float) -> int:
+    """Image columns two consecutive clips share for a crossfade of ``crossfade`` seconds."""
+    if crossfade < 0:
+        raise RiffstreamError(f"the crossfade must be 0 s or more, not {crossfade} s")
+    return int(round(crossfade * 1000 / params.step_size_ms))
+
+
+def stitched_length(clip_samples: int, clips: int, overlap_samples: int) -> int:
+    """Samples in ``clips`` clips of ``clip_samples`` joined with ``overlap_samples`` overlaps."""
+    return 0 if clips == 0 else clips * (clip_samples - overlap_samples) + overlap_samples
+
+
+def crossfade(outgoing: np.ndarray, incoming: np.ndarray) -> np.ndarray:
+    """Mix two overlapping (channels, n) signals with a power-preserving fade.
+
+    The fade shape is a raised cosine s(t); the gains (1 - s)·g and s·g are normalised by
+    g = 1 / sqrt((1 - s)² + s² + 2ρ(1 - s)s), which keeps the expected power constant for
+    signals with correlation ρ (clipped to 0..1).
+    """
+    length = outgoing.shape[-1]
+    if length == 0:
+        return outgoing
+    rise = np.sin(0.5 * np.pi * (np.arange(length) + 0.5) / length) ** 2
+    energy = np.sqrt(np.sum(outgoing**2) * np.sum(incoming**2))
+    rho = float(np.clip(np.sum(outgoing * incoming) / energy, 0.0, 1.0)) if energy > 0 else 0.0
+    fall = 1.0 - rise
+    norm = 1.0 / np.sqrt(fall**2 + rise**2 + 2 * rho * fall * rise)
+    return (outgoing * (fall * norm) + incoming * (rise * norm)).astype(np.float32)
+
+
+def true_peak(audio: np.ndarray) -> np.ndarray:
+    """Per-sample true-peak estimate (4x oversampling, as BS.1770), max over channels."""
+    upsampled = np.abs(scipy.signal.resample_poly(audio, 4, 1, axis=-1))
+    return upsampled[..., : audio.shape[-1] * 4].reshape(*audio.shape[:-1], -1, 4).max(axis=-1).max(axis=0)
+
+
+def limit_peaks(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING) -> np.ndarray:
+    """Smooth look-ahead gain reduction so that true peaks stay under ``ceiling_db``."""
+    ceiling = 10 ** (ceiling_db / 20)
+    needed = np.minimum(1.0, ceiling / np.maximum(true_peak(audio), 1e-12))
+    if needed.min() >= 1.0:
+        return audio
+    half = max(1, int(LIMITER_LOOKAHEAD * sample_rate))
+    # A minimum filter wider than the smoothing window keeps every peak under the ceiling.
+    gain = scipy.ndimage.uniform_filter1d(scipy.ndimage.minimum_filter1d(needed, 4 * half + 1), 2 * half + 1)
+    return np.clip(audio * gain, -ceiling, ceiling).astype(np.float32)
+
+
+class ClipStitcher:
+    """Turns successive spectrogram images into one continuous signal, clip by clip.
+
+    ``add(image)`` returns the audio that is final once that clip is known: everything but
+    the last ``crossfade`` seconds, which wait to be mixed with the next clip.
+    ``finish()`` returns that held-back tail. Clips of W columns joined with an overlap of
+    k columns give (W - k) * hop new samples each, plus k * hop at the end.
+    """
+
+    def __init__(self, params: SpectrogramParams | None = None, crossfade: float = DEFAULT_CROSSFADE,
+                 iterations: int = DEFAULT_ITERATIONS, loudness: float | None = DEFAULT_LOUDNESS,
+                 continuity: bool = True) -> None:
+        self.params = params or SpectrogramParams()
+        self.overlap_frames = overlap_frames(self.params, crossfade)
+        self.overlap = self.overlap_frames * self.params.hop_length
+        self.iterations = iterations
+        self.loudness = loudness
+        self.continuity = continuity
+        self._meter = pyloudnorm.Meter(self.params.sample_rate)
+        self._tail: np.ndarray | None = None
+        self._lead_in: np.ndarray | None = None
+        self._gain = 1.0
+        self.clips = 0
+
+    def add(self, image: Image.Image) -> np.ndarray:
+        """Reconstruct one clip and return the audio (channels, samples) it completes."""
+        params = params_for_image(image, self.params)
+        if dataclasses.replace(params, max_value=self.params.max_value) != self.params:
+            raise RiffstreamError("all clips of a stream must share the same spectrogram parameters")
+        mel = mel_from_image(image, params)
+        if mel.shape[-1] <= 2 * self.overlap_frames:
+            raise RiffstreamError(
+                f"a clip of {mel.shape[-1]} columns is too short for a {self.overlap_frames}-column crossfade"
+            )
+        lead_in = self._lead_in if self.continuity and self.overlap_frames else None
+        clip = reconstruct(mel, params, self.iterations, lead_in)
+        self._lead_in = clip.spectrum[:, clip.spectrum.shape[1] - self.overlap_frames :]
+        audio = self._level(clip.audio)
+        body_end = audio.shape[-1] - self.overlap
+        if self._tail is None:
+            ready = audio[:, :body_end]
+        else:
+            ready = np.concatenate([crossfade(self._tail, audio[:, : self.overlap]), audio[:, self.overlap : body_end]],
+                                   axis=1)
+        self._tail = audio[:, body_end:]
+        self.clips += 1
+        return ready
+
+    def finish(self) -> np.ndarray:
+        """The held-back end of the last clip; the stitcher is then empty."""
+        tail = self._tail if self._tail is not None else np.zeros((self.params.channels, 0), np.float32)
+        self._tail, self._lead_in = None, None
+        return tail
+
+    def _level(self, audio: np.ndarray) -> np.ndarray:
+        """Apply the loudness gain (updated for this clip) and the peak limiter."""
+        if self.loudness is None:
+            return audio
+        measured = self._meter.integrated_loudness(audio.T.astype(np.float64))
+        if np.isfinite(measured):
+            self._gain = 10 ** ((self.loudness - measured) / 20)
+        return limit_peaks(audio * np.float32(self._gain), self.params.sample_rate)
+
+
+def stitch_images(images: list[Image.Image], params: SpectrogramParams | None = None,
+                  crossfade: float = DEFAULT_CROSSFADE, iterations: int = DEFAULT_ITERATIONS,
+                  loudness: float | None = DEFAULT_LOUDNESS, continuity: bool = True) -> np.ndarray:
+    """Several spectrogram images as one continuous (channels, samples) signal."""
+    stitcher = ClipStitcher(params, crossfade, iterations, loudness, continuity)
+    parts = [stitcher.add(image) for image in images]
+    parts.append(stitcher.finish())
+    return np.concatenate(parts, axis=1)
