@@ -34,7 +34,7 @@ import scipy.signal  # noqa: E402
 from riffstream import SpectrogramParams, audio_to_image  # noqa: E402
 from riffstream.phase import reconstruct  # noqa: E402
 from riffstream.spectrogram import mel_from_image, params_for_image  # noqa: E402
-from riffstream.stitch import ClipStitcher, overlap_frames, stitched_length, true_peak  # noqa: E402
+from riffstream.stitch import DEFAULT_CROSSFADE, ClipStitcher, overlap_frames, stitched_length, true_peak  # noqa: E402
 from tests.realmusic import TRACKS, real_music  # noqa: E402
 
 WIDTH = 512
@@ -107,7 +107,7 @@ def seam_report(original: np.ndarray, stitched: np.ndarray, seam_centres: np.nda
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=6, help="clips per track")
-    parser.add_argument("--crossfade", type=float, default=0.5)
+    parser.add_argument("--crossfade", type=float, default=DEFAULT_CROSSFADE)
     args = parser.parse_args()
     params = SpectrogramParams()
     overlap = overlap_frames(params, args.crossfade)
