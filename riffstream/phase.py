@@ -91,7 +91,7 @@ def linear_from_mel(mel: np.ndarray, params: SpectrogramParams) -> np.ndarray:
 def _stft(signal: np.ndarray, plan: _Plan, frames: int) -> np.ndarray:
     """(channels, frames, bins) spectrum; frame m holds samples [m*hop, m*hop + n_fft)."""
     windows = np.lib.stride_tricks.sliding_window_view(signal, plan.n_fft, axis=-1)[..., :: plan.hop, :][..., :frames, :]
-    return scipy.fft.rfft(windows * plan.window, axis=-1, workers=-1)[..., : plan.bins]
+    return np.ascontiguousarray(scipy.fft.rfft(windows * plan.window, axis=-1, workers=-1)[..., : plan.bins])
 
 
 @functools.lru_cache(maxsize=16)
@@ -257,7 +257,12 @@ def griffin_lim(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramPar
         if held:
             estimate[:, :held] = held_phase
         projected = _stft(_istft(_with_magnitude(estimate, magnitude), plan), plan, frames)
-        estimate = projected if previous is None else projected + momentum * (projected - previous)
+        if previous is None:
+            estimate = projected.copy()
+        else:  # estimate = projected + momentum * (projected - previous), without temporaries
+            np.subtract(projected, previous, out=estimate)
+            estimate *= np.float32(momentum)
+            estimate += projected
         previous = projected
     if held:
         estimate[:, :held] = held_phase
@@ -268,7 +273,10 @@ def griffin_lim(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramPar
 
 def _with_magnitude(spectrum: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
     """Keep the phase of ``spectrum`` and impose ``magnitude``."""
-    return spectrum * (magnitude / np.maximum(np.abs(spectrum), 1e-30))
+    scale = np.abs(spectrum)
+    np.maximum(scale, np.float32(1e-30), out=scale)
+    np.divide(magnitude, scale, out=scale)
+    return spectrum * scale
 
 
 def reconstruct(mel: np.ndarray, params: SpectrogramParams, iterations: int = DEFAULT_ITERATIONS,
