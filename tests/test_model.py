@@ -1,0 +1,278 @@
+"""The model runtime, on the tiny random-weight model (offline, exported like a real model).
+
+Parity tolerance: the OpenVINO pipeline and the diffusers PyTorch pipeline, given the same
+embeddings, noise and scheduler, must produce 8-bit images that differ by at most 2 levels
+in any pixel and 0.05 levels on average (both run in f32; measured: max 1, mean < 1e-3).
+"""
+
+import time
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import riffstream.model as rm
+import riffstream.tiny_model as tm
+from riffstream.errors import RiffstreamError
+from riffstream.model import ModelOptions, RiffusionModel, noise_for_seed
+from tests.conftest import TINY_SIZE
+
+STEPS = 4
+MAX_DIFF, MEAN_DIFF = 2, 0.05
+
+
+def _pixels(image: PIL.Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64)
+
+
+def _assert_close(a: PIL.Image.Image, b: PIL.Image.Image) -> None:
+    diff = np.abs(_pixels(a) - _pixels(b))
+    assert diff.max() <= MAX_DIFF and diff.mean() <= MEAN_DIFF, (diff.max(), diff.mean())
+
+
+def _one_line_error(excinfo) -> str:
+    message = str(excinfo.value)
+    assert message and "\n" not in message
+    return message
+
+
+@pytest.fixture(scope="module")
+def torch_pipes(model_cache_dir, tiny_model):
+    """The diffusers PyTorch txt2img and img2img pipelines on the same tiny weights."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    source = model_cache_dir / "sources" / f"tiny-v{tm.TINY_VERSION}"
+    txt2img = StableDiffusionPipeline.from_pretrained(source)
+    txt2img.scheduler = DPMSolverMultistepScheduler.from_config(txt2img.scheduler.config)
+    txt2img.set_progress_bar_config(disable=True)
+    img2img = StableDiffusionImg2ImgPipeline(**txt2img.components)
+    img2img.set_progress_bar_config(disable=True)
+    return txt2img, img2img
+
+
+@pytest.fixture(scope="module")
+def init_image() -> PIL.Image.Image:
+    rng = np.random.default_rng(3)
+    ramp = np.linspace(0, 255, TINY_SIZE)[None, :, None] * np.ones((TINY_SIZE, 1, 3))
+    pixels = np.clip(ramp + rng.normal(0, 20, ramp.shape), 0, 255).astype(np.uint8)
+    return PIL.Image.fromarray(pixels)
+
+
+def test_tiny_model_shape(tiny_model):
+    assert tiny_model.is_tiny
+    assert tiny_model.latents_shape == (1, 4, TINY_SIZE // 8, TINY_SIZE // 8)
+    result = tiny_model.generate(tiny_model.encode_prompt("x"), latents=noise_for_seed(0, tiny_model.latents_shape), steps=2)
+    assert result.image.mode == "RGB" and result.image.size == (TINY_SIZE, TINY_SIZE)
+    assert result.latents is None
+
+
+def test_parity_txt2img_with_diffusers(tiny_model, torch_pipes):
+    txt2img, _ = torch_pipes
+    embeds = tiny_model.encode_prompt("lofi hip hop beat, jazzy piano")
+    negative = tiny_model.encode_prompt("vocals")
+    noise = noise_for_seed(7, tiny_model.latents_shape)
+    ours = tiny_model.generate(embeds, negative, noise, steps=STEPS, guidance=7.0, return_latents=True)
+    reference = txt2img(
+        prompt_embeds=torch.from_numpy(embeds.copy()),
+        negative_prompt_embeds=torch.from_numpy(negative.copy()),
+        latents=torch.from_numpy(noise),
+        num_inference_steps=STEPS,
+        guidance_scale=7.0,
+        height=TINY_SIZE,
+        width=TINY_SIZE,
+        output_type="pil",
+    ).images[0]
+    _assert_close(ours.image, reference)
+    assert ours.latents.shape == tiny_model.latents_shape
+
+
+def test_parity_img2img_with_diffusers(tiny_model, torch_pipes, init_image):
+    txt2img, img2img = torch_pipes
+    embeds = tiny_model.encode_prompt("funky bass")
+    negative = tiny_model.encode_prompt("")
+    seed, strength = 11, 0.6
+    ours = tiny_model.generate(
+        embeds, negative, noise_for_seed(seed, tiny_model.latents_shape), steps=STEPS, init_image=init_image, strength=strength
+    )
+    # diffusers draws the noise from the generator; noise_for_seed draws the same numbers.
+    pixels = img2img.image_processor.preprocess(init_image, height=TINY_SIZE, width=TINY_SIZE)
+    with torch.no_grad():
+        init_latents = txt2img.vae.encode(pixels).latent_dist.mode() * txt2img.vae.config.scaling_factor
+    reference = img2img(
+        image=init_latents,
+        prompt_embeds=torch.from_numpy(embeds.copy()),
+        negative_prompt_embeds=torch.from_numpy(negative.copy()),
+        generator=torch.Generator("cpu").manual_seed(seed),
+        strength=strength,
+        num_inference_steps=STEPS,
+        guidance_scale=7.0,
+        output_type="pil",
+    ).images[0]
+    _assert_close(ours.image, reference)
+    txt = tiny_model.generate(embeds, negative, noise_for_seed(seed, tiny_model.latents_shape), steps=STEPS)
+    assert np.abs(_pixels(txt.image) - _pixels(ours.image)).max() > MAX_DIFF
+
+
+def test_noise_for_seed_matches_torch_generator():
+    shape = (1, 4, 8, 8)
+    expected = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(5)).numpy()
+    assert noise_for_seed(5, shape).dtype == np.float32
+    np.testing.assert_array_equal(noise_for_seed(5, shape), expected)
+    assert not np.array_equal(noise_for_seed(6, shape), expected)
+
+
+def test_generation_is_deterministic(tiny_model):
+    embeds = tiny_model.encode_prompt("ambient drone")
+    noise = noise_for_seed(3, tiny_model.latents_shape)
+    first = tiny_model.generate(embeds, latents=noise, steps=STEPS, return_latents=True)
+    second = tiny_model.generate(embeds, latents=noise, steps=STEPS, return_latents=True)
+    np.testing.assert_array_equal(first.latents, second.latents)
+    np.testing.assert_array_equal(_pixels(first.image), _pixels(second.image))
+
+
+def test_negative_prompt_reaches_the_model(tiny_model):
+    embeds = tiny_model.encode_prompt("techno arpeggio")
+    noise = noise_for_seed(4, tiny_model.latents_shape)
+    plain = tiny_model.generate(embeds, latents=noise, steps=STEPS, return_latents=True)
+    negative = tiny_model.generate(
+        embeds, tiny_model.encode_prompt("distorted guitar"), noise, steps=STEPS, return_latents=True
+    )
+    assert np.abs(plain.latents - negative.latents).max() > 1e-3
+
+
+def test_guidance_one_runs_without_cfg(tiny_model):
+    # The UNet keeps a dynamic batch: batch 1 (no guidance) and batch 2 (CFG) both run.
+    embeds = tiny_model.encode_prompt("piano")
+    noise = noise_for_seed(2, tiny_model.latents_shape)
+    plain = tiny_model.generate(embeds, tiny_model.encode_prompt("drums"), noise, steps=2, guidance=1.0, return_latents=True)
+    other = tiny_model.generate(embeds, tiny_model.encode_prompt("bass"), noise, steps=2, guidance=1.0, return_latents=True)
+    np.testing.assert_array_equal(plain.latents, other.latents)  # negative unused without CFG
+
+
+def test_on_step_called_once_per_step(tiny_model, init_image):
+    calls = []
+    embeds = tiny_model.encode_prompt("jazz")
+    tiny_model.generate(embeds, steps=5, on_step=lambda i, n: calls.append((i, n)))
+    assert calls == [(i, 5) for i in range(5)]
+    calls.clear()
+    tiny_model.generate(embeds, steps=10, init_image=init_image, strength=0.5, on_step=lambda i, n: calls.append((i, n)))
+    assert calls == [(i, 5) for i in range(5)]
+
+
+def test_encode_prompt_is_cached(tiny_model, monkeypatch):
+    first = tiny_model.encode_prompt("a cached prompt")
+    assert first.shape == (1, 77, 32) and first.dtype == np.float32
+    monkeypatch.setattr(tiny_model._pipe, "encode_prompt", lambda *a, **k: pytest.fail("encoded twice"))
+    assert tiny_model.encode_prompt("a cached prompt") is first
+    assert not first.flags.writeable
+
+
+def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
+    ir = rm.resolve_ir(tiny_model.options)
+    xml = ir / "unet" / "openvino_model.xml"
+    mtime = xml.stat().st_mtime_ns
+    blobs = list((model_cache_dir / "ov_compiled").glob("*.blob"))
+    assert blobs, "OpenVINO's compiled-model cache (CACHE_DIR) was not written"
+
+    def fail(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(rm, "_export", fail)
+    monkeypatch.setattr(tm, "build_tiny_pipeline", fail)
+    again = RiffusionModel.load(tiny_model.options, progress=False)
+    assert xml.stat().st_mtime_ns == mtime
+    assert {b.name for b in (model_cache_dir / "ov_compiled").glob("*.blob")} == {b.name for b in blobs}
+    embeds = tiny_model.encode_prompt("same")
+    noise = noise_for_seed(1, tiny_model.latents_shape)
+    np.testing.assert_array_equal(
+        _pixels(again.generate(embeds, latents=noise, steps=2).image),
+        _pixels(tiny_model.generate(embeds, latents=noise, steps=2).image),
+    )
+
+
+def test_exported_folder_loads_directly(tiny_model, monkeypatch):
+    ir = rm.resolve_ir(tiny_model.options)
+    monkeypatch.setattr(rm, "_export", lambda *a, **k: pytest.fail("exported an exported folder"))
+    options = ModelOptions(model=str(ir), height=TINY_SIZE, width=TINY_SIZE, cache_dir=tiny_model.options.cache_dir)
+    assert rm.resolve_ir(options) == ir.resolve()
+    assert not RiffusionModel.load(options, progress=False).is_tiny
+
+
+def test_tiny_weights_are_reproducible(tmp_path):
+    first = tm.build_tiny_pipeline(tmp_path / "a")
+    second = tm.build_tiny_pipeline(tmp_path / "b")
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        assert (first / part).read_bytes() == (second / part).read_bytes()
+
+
+def test_int8_variant_is_cached_separately(tiny_model):
+    options = ModelOptions(
+        model="tiny", height=TINY_SIZE, width=TINY_SIZE, quantization="int8", cache_dir=tiny_model.options.cache_dir
+    )
+    model = RiffusionModel.load(options, progress=False)
+    assert rm.resolve_ir(options) != rm.resolve_ir(tiny_model.options)
+    result = model.generate(model.encode_prompt("x"), latents=noise_for_seed(0, model.latents_shape), steps=2)
+    assert result.image.size == (TINY_SIZE, TINY_SIZE)
+
+
+@pytest.mark.parametrize("model", ["/nonexistent/riffusion", "./no/such/folder", "not a model id!"])
+def test_bad_model_is_a_one_line_error(model, tmp_path):
+    with pytest.raises(RiffstreamError) as excinfo:
+        RiffusionModel.load(ModelOptions(model=model, cache_dir=tmp_path), progress=False)
+    _one_line_error(excinfo)
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(RiffstreamError) as excinfo:
+        RiffusionModel.load(ModelOptions(model=str(tmp_path), cache_dir=tmp_path), progress=False)
+    assert "model_index.json" in _one_line_error(excinfo)
+
+
+def test_hub_model_offline_without_cache_fails_fast(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.monotonic()
+    with pytest.raises(RiffstreamError) as excinfo:
+        RiffusionModel.load(ModelOptions(model="riffstream-test/not-cached", cache_dir=tmp_path), progress=False)
+    message = _one_line_error(excinfo)
+    assert "huggingface-cli download riffstream-test/not-cached" in message and "--model" in message
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("device", ["GPU", "TPU"])
+def test_bad_device_is_a_one_line_error(device, tmp_path):
+    import openvino as ov
+
+    if any(d.startswith(device) for d in ov.Core().available_devices):
+        pytest.skip(f"this machine has a {device}")
+    with pytest.raises(RiffstreamError) as excinfo:
+        RiffusionModel.load(ModelOptions(model="tiny", device=device, cache_dir=tmp_path), progress=False)
+    assert device in _one_line_error(excinfo)
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    for options in (
+        ModelOptions(model="tiny", quantization="int4", cache_dir=tmp_path),
+        ModelOptions(model="tiny", height=500, cache_dir=tmp_path),
+        ModelOptions(model="tiny", scheduler="nope", cache_dir=tmp_path),
+    ):
+        with pytest.raises(RiffstreamError) as excinfo:
+            RiffusionModel.load(options, progress=False)
+        _one_line_error(excinfo)
+
+
+def test_hybrid_quantization_offline(tiny_model, monkeypatch):
+    # Calibrated on the built-in music prompts (cut down here for speed): no dataset download.
+    monkeypatch.setattr(rm, "CALIBRATION_PROMPTS", rm.CALIBRATION_PROMPTS[:2])
+    monkeypatch.setattr(rm, "CALIBRATION_STEPS", 2)
+    options = ModelOptions(
+        model="tiny", height=TINY_SIZE, width=TINY_SIZE, quantization="hybrid", cache_dir=tiny_model.options.cache_dir
+    )
+    model = RiffusionModel.load(options, progress=False)
+    unet_xml = (rm.resolve_ir(options) / "unet" / "openvino_model.xml").read_text()
+    assert "FakeQuantize" in unet_xml  # activations quantised, not only weights
+    result = model.generate(model.encode_prompt("x"), latents=noise_for_seed(0, model.latents_shape), steps=2)
+    assert result.image.size == (TINY_SIZE, TINY_SIZE)
