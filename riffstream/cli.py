@@ -1,14 +1,18 @@
 """The ``riffstream`` command line.
 
-``riffstream image-to-audio`` and ``riffstream audio-to-image`` convert between audio and
-Riffusion spectrogram images, as Riffusion's own CLI names them. Every user-fixable
-problem ends as one line on stderr and a non-zero exit.
+``riffstream "lofi to jazz"`` generates music and plays it live (and/or renders it to a
+file); ``riffstream image-to-audio`` and ``riffstream audio-to-image`` convert between
+audio and Riffusion spectrogram images, as Riffusion's own CLI names them. Every
+user-fixable problem ends as one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from riffstream.phase import DEFAULT_ITERATIONS
 EXIT_ERROR = 2
 #: Exit status after Ctrl-C, as shells report SIGINT.
 EXIT_INTERRUPTED = 130
+#: Exit status after SIGTERM, as shells report it.
+EXIT_TERMINATED = 143
 #: Peak level conversions never exceed, about -1 dBFS, so PCM files do not clip.
 PEAK_CEILING = 10 ** (-1 / 20)
 
@@ -94,10 +100,253 @@ def _conversion_parser() -> argparse.ArgumentParser:
 CONVERSIONS = ("image-to-audio", "audio-to-image")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: stop cleanly and keep what was rendered."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+GENERATE_EPILOG = """examples:
+  riffstream "lofi hip hop to smooth jazz"                       play live until Ctrl-C
+  riffstream "lofi to jazz to techno" --duration 5m --out mix.flac   render and play
+  riffstream "ambient drone" --duration 1h --no-play --out long.ogg  render only
+  riffstream "lofi beat" --model tiny --duration 20 --no-play --out test.wav
+                                                   offline smoke test (noise, not music)
+
+While an endless stream runs, type a new prompt and press Enter: the stream moves to it
+over --clips-per-transition clips. Ctrl-C (or SIGTERM) stops within a second; a file
+being written keeps every finished clip.
+
+Conversions: riffstream image-to-audio SPEC.png OUT.wav, riffstream audio-to-image IN.wav
+OUT.png (see riffstream image-to-audio --help).
+"""
+
+
+def _generation_parser() -> argparse.ArgumentParser:
+    from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_SCHEDULER, DEFAULT_STEPS
+    from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
+    from riffstream.stream import DEFAULT_CROSSFADE
+
+    parser = argparse.ArgumentParser(
+        prog="riffstream", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_EPILOG,
+        description="Endless, evolving AI music from text: Riffusion on OpenVINO, played live or rendered to file. "
+                    "Each clip is 5.12 s; 'a to b to c' morphs from prompt to prompt.")
+    parser.add_argument("prompt", nargs="*", help='what to play, e.g. "lofi hip hop to smooth jazz" ("to" chains prompts)')
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", "-o", metavar="FILE", help="also write the audio to FILE (.wav, .flac or .ogg), incrementally")
+    out.add_argument("--no-play", action="store_true", help="do not play live (needs --out)")
+    out.add_argument("--duration", "-d", metavar="TIME",
+                     help="total length (90, 90s, 2.5m, 1h or 1:30); the journey through the prompts spreads over it. "
+                          "Default: endless, until Ctrl-C")
+    out.add_argument("--output-device", metavar="DEVICE", help="audio device name or number (see --list-devices)")
+    out.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    out.add_argument("--prebuffer", type=float, metavar="SECONDS",
+                     help="seconds of audio to buffer before playing (default: after the first clip for endless play; "
+                          "for a --duration, enough that the buffer never runs dry, from the measured speed)")
+    out.add_argument("--save-spectrograms", metavar="DIR", help="save every clip's spectrogram (PNG) and clips.jsonl in DIR")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--seed", type=int, help="random seed; the same seed and options give the same audio "
+                                              "(default: a random one, printed)")
+    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per clip (default: %(default)s)")
+    gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                     help="classifier-free guidance scale (default: %(default)s)")
+    gen.add_argument("--negative-prompt", metavar="TEXT", help="what to steer away from, e.g. \"vocals, noise\"")
+    gen.add_argument("--clips-per-transition", type=int, default=DEFAULT_CLIPS_PER_TRANSITION, metavar="N",
+                     help="clips a transition takes in endless play; on one prompt the seed walks on every N clips "
+                          "(default: %(default)s, alpha 0.25 ... 1.0 as Riffusion's web app)")
+    gen.add_argument("--crossfade", type=float, default=DEFAULT_CROSSFADE, metavar="SECONDS",
+                     help="equal-power crossfade between clips (default: %(default)s)")
+    gen.add_argument("--width", type=int, default=512, metavar="PIXELS",
+                     help="clip width; 100 pixels per second (default: %(default)s = 5.12 s; multiple of 8)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=DEFAULT_MODEL,
+                       help="Hugging Face id, local diffusers or OpenVINO folder, or 'tiny' (offline random-weight "
+                            "test model: its output is noise) (default: %(default)s)")
+    model.add_argument("--revision", help="model revision on the Hub")
+    model.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or AUTO (default: %(default)s)")
+    model.add_argument("--threads", type=int, help="inference threads (default: OpenVINO's choice)")
+    quant = model.add_mutually_exclusive_group()
+    quant.add_argument("--int8", action="store_const", const="int8", dest="quantization",
+                       help="8-bit weight compression (exported once, cached)")
+    quant.add_argument("--hybrid", action="store_const", const="hybrid", dest="quantization",
+                       help="hybrid int8 quantisation of the UNet (calibrated once on built-in prompts, cached)")
+    model.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="dpm++, ddim, pndm, euler or lms (default: %(default)s)")
+    model.add_argument("--cache-dir", metavar="DIR", help="where exported models are cached "
+                                                          "(default: $RIFFSTREAM_CACHE or the user cache dir)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_generate)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Silence the model stack's warnings and banners: the CLI speaks for itself."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "diffusers", "optimum", "nncf", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import random
+
+    from riffstream.planner import parse_duration, parse_prompts
+    from riffstream.sinks import check_output_device, check_writable, file_format, list_devices
+    from riffstream.spectrogram import SpectrogramParams
+    from riffstream.stream import StreamOptions, validate
+
+    if args.list_devices:
+        print(list_devices())
+        return
+    prompts = parse_prompts(" ".join(args.prompt))
+    duration = parse_duration(args.duration) if args.duration is not None else None
+    play = not args.no_play
+    if not play and not args.out:
+        raise RiffstreamError("--no-play needs --out FILE: otherwise there is nothing to do")
+    if args.width <= 0 or args.width % 8:
+        raise RiffstreamError(f"--width must be a positive multiple of 8, not {args.width}")
+    if args.threads is not None and args.threads < 1:
+        raise RiffstreamError("--threads must be 1 or more")
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    spectrograms = Path(args.save_spectrograms) if args.save_spectrograms else None
+    params = SpectrogramParams()
+    options = StreamOptions(
+        prompts=tuple(prompts), seed=seed, steps=args.steps, guidance=args.guidance,
+        negative_prompt=args.negative_prompt, clips_per_transition=args.clips_per_transition,
+        crossfade=args.crossfade, duration=duration, save_spectrograms=spectrograms, prebuffer=args.prebuffer,
+        params=params)
+    validate(options, args.width)
+    if args.out:
+        file_format(args.out)
+        check_writable(args.out)
+    if spectrograms is not None:
+        try:
+            spectrograms.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RiffstreamError(f"cannot create {spectrograms}: {error.strerror}") from None
+        check_writable(spectrograms / "clips.jsonl")
+    device_name = check_output_device(args.output_device) if play else None
+
+    model = _load_model(args)
+    if model.is_tiny:
+        print("riffstream: note: --model tiny is a random-weight test model: its output is noise, not music",
+              file=sys.stderr)
+    _stream(args, model, options, device_name)
+
+
+def _load_model(args: argparse.Namespace):
+    _quiet_libraries()
+    from riffstream.model import ModelOptions, RiffusionModel
+
+    options = ModelOptions(
+        model=args.model, revision=args.revision, device=args.device, threads=args.threads, height=512,
+        width=args.width, quantization=args.quantization, scheduler=args.scheduler,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    print(f"riffstream: loading {args.model} ...", file=sys.stderr)
+    began = time.monotonic()
+    try:
+        model = RiffusionModel.load(options, progress=not args.no_progress)
+    except (RiffstreamError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise RiffstreamError(f"cannot load model {args.model!r}: {detail[:300]}") from None
+    print(f"riffstream: model ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
+    return model
+
+
+def _stream(args: argparse.Namespace, model, options, device_name: str | None) -> None:
+    from tqdm import tqdm
+
+    from riffstream.sinks import AudioFileWriter, Player
+    from riffstream.stream import Stream, read_prompts
+
+    params = options.params
+    writer = AudioFileWriter(args.out, params.sample_rate, params.channels) if args.out else None
+    factory = None
+    if device_name is not None:
+        def factory(ring):
+            return Player(ring, params.sample_rate, params.channels, args.output_device)
+    try:
+        stream = Stream(model, options, writer, factory)
+        total = stream.total_clips
+        what = f"{_format_seconds(options.duration)} in {total} clips" if total else "endless (Ctrl-C stops)"
+        where = ", ".join(filter(None, [f"playing on {device_name}" if device_name else None,
+                                        f"writing {args.out}" if args.out else None]))
+        print(f"riffstream: {' -> '.join(options.prompts)}; seed {options.seed}; {what}; {where}", file=sys.stderr)
+        if total is None:
+            print("riffstream: type a prompt and Enter to move the music to it", file=sys.stderr)
+            read_prompts(stream)
+        bar = tqdm(total=total, unit="clip", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} clips [{elapsed}<{remaining}{postfix}]" if total
+                   else "{n_fmt} clips [{elapsed}{postfix}]")
+
+        shown = [0.0]
+
+        def tick(s: Stream) -> None:
+            while not s.messages.empty():
+                bar.write(f"riffstream: {s.messages.get()}", file=sys.stderr)
+            info = [f"{s.stats.audio_seconds:.1f} s audio", f"{s.stats.real_time_factor():.2f}x real time"]
+            if s.player is not None:
+                info.append(f"{s.ahead_seconds():.1f} s ahead" if s.player_started else "buffering")
+                if s.player.underruns:
+                    info.append(f"{s.player.underruns} underruns")
+            now = time.monotonic()
+            if bar.n != s.stats.clips or now - shown[0] >= 1.0:
+                shown[0] = now
+                bar.n = s.stats.clips
+                bar.set_postfix_str(", ".join(info), refresh=False)
+                bar.refresh()
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            stream.run(tick)
+        finally:
+            bar.close()
+            while not stream.messages.empty():
+                print(f"riffstream: {stream.messages.get()}", file=sys.stderr)
+            _summary(stream)
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.close()
+            print(f"riffstream: kept {args.out}: {writer.frames_written / params.sample_rate:.2f} s", file=sys.stderr)
+        raise
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        writer.close()
+        print(f"wrote {args.out}: {writer.frames_written / params.sample_rate:.2f} s at {params.sample_rate} Hz")
+
+
+def _summary(stream) -> None:
+    stats = stream.stats
+    elapsed = time.monotonic() - stats.started
+    parts = [f"made {stats.audio_seconds:.1f} s of audio in {elapsed:.1f} s",
+             f"{stats.real_time_factor():.3f}x real time"]
+    if stream.player is not None:
+        parts.append(f"{stream.player.underruns} underruns")
+        if stats.loops:
+            parts.append(f"looped the last clip {stats.loops} times while waiting for the model")
+    print(f"riffstream: {'; '.join(parts)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _conversion_parser()
+    parser = _conversion_parser() if argv and argv[0] in CONVERSIONS else _generation_parser()
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
     try:
@@ -105,7 +354,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RiffstreamError as error:
         print(f"riffstream: error: {error}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("riffstream: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(f"riffstream: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        if run is _generate and as_program:
+            # Everything is stopped and the file is closed; tearing down the model stack
+            # would take seconds more, so leave now (only when run as a program).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     return 0

@@ -1,0 +1,106 @@
+"""Benchmark the whole stream: model -> spectrogram -> audio -> crossfade -> file, threads overlapping.
+
+Uses the full-size SD 1.5 architecture with random weights when ``benchmarks/model_step.py``
+has built and exported it (under ``<cache>/bench``; build it here with ``--build``, about
+6 minutes on 2 cores), else the tiny model (``--model tiny``). Latency does not depend on
+weight values. Reports, in one run:
+
+* time to first audio (from the start of the stream, model already loaded)
+* real-time factor (seconds of audio made per second of wall time)
+* the share of wall time spent outside the UNet's denoising loop: text encoding, VAE
+  decoding, and whatever of the audio stage does not overlap the model (target < 5%)
+* peak memory (RSS)
+
+Ends with one JSON line.
+
+    .venv/bin/python benchmarks/stream.py --steps 1 --clips 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["auto", "full", "tiny"], default="auto",
+                        help="auto: the full-size random model if already exported, else tiny")
+    parser.add_argument("--build", action="store_true", help="build and export the full-size model if missing")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from riffstream.model import ModelOptions, RiffusionModel, _is_complete, _cache_entry, default_cache_dir
+    from riffstream.sinks import AudioFileWriter
+    from riffstream.stream import Stream, StreamOptions
+
+    cache = (args.cache_dir or default_cache_dir()).expanduser()
+    bench = cache / "bench"
+    source = bench / "sources" / "sd15-random-v1"
+    full_ready = _is_complete(_cache_entry(bench, source.name, f"dir:{source.resolve()}", None))
+    use_full = args.model == "full" or (args.model == "auto" and (full_ready or args.build))
+    if use_full:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from model_step import source_folder
+
+        source_folder(bench)
+        options = ModelOptions(model=str(source), width=args.width, cache_dir=bench)
+        name = "sd15-random (full size)"
+    else:
+        options = ModelOptions(model="tiny", width=args.width, cache_dir=cache)
+        name = "tiny (random weights; noise)"
+
+    began = time.monotonic()
+    model = RiffusionModel.load(options, progress=True)
+    load_s = time.monotonic() - began
+    print(f"model {name}: ready in {load_s:.1f} s", file=sys.stderr)
+
+    clip_s = args.width * 441 / 44100
+    crossfade = 0.25
+    duration = args.clips * clip_s - (args.clips - 1) * crossfade
+    stream_options = StreamOptions(prompts=("lofi hip hop", "smooth jazz"), seed=1, steps=args.steps, duration=duration,
+                                   crossfade=crossfade)
+    with tempfile.TemporaryDirectory() as folder, AudioFileWriter(Path(folder) / "b.wav", 44100, 1) as writer:
+        stream = Stream(model, stream_options, writer)
+        began = time.monotonic()
+        stream.run()
+        wall = time.monotonic() - began
+    stats = stream.stats
+    outside = max(0.0, wall - stats.denoise_seconds) / wall
+    report = {
+        "model": name,
+        "steps": args.steps,
+        "clips": stats.clips,
+        "clip_width": args.width,
+        "audio_s": round(stats.audio_seconds, 3),
+        "wall_s": round(wall, 2),
+        "load_s": round(load_s, 2),
+        "time_to_first_audio_s": round(stats.first_audio or float("nan"), 2),
+        "real_time_factor": round(stats.audio_seconds / wall, 4),
+        "unet_s": round(stats.denoise_seconds, 2),
+        "outside_unet_share": round(outside, 4),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
+    }
+    print(f"{report['audio_s']} s of audio in {report['wall_s']} s: {report['real_time_factor']}x real time; "
+          f"first audio after {report['time_to_first_audio_s']} s; {100 * outside:.1f}% of wall time outside the UNet; "
+          f"peak RSS {report['peak_rss_gb']} GB", file=sys.stderr)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

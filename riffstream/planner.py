@@ -1,0 +1,166 @@
+"""Clip planning: the path the stream walks through prompt space, one 5.12-s clip at a time.
+
+As Riffusion's web app does, the path runs through *waypoints* ``(prompt, seed)``. Waypoint
+``j`` has seed ``seed + j``; its prompt is the j-th prompt of the journey, and past the
+last one the prompt stays the same while the seed keeps walking, so the music never
+freezes. A clip sits at a position ``u`` on the path: between waypoints ``floor(u)`` and
+``floor(u) + 1`` at ``alpha = u - floor(u)``. Its text embedding is the lerp of the two
+prompts' embeddings and its starting noise the slerp of the two seeds' noise.
+
+Endless play steps ``u`` by ``1 / clips_per_transition`` (the web app used 4 clips:
+alpha 0.25, 0.5, 0.75, 1.0); a finite ``--duration`` spreads the whole journey over the
+clips it needs. Everything here is a pure function or plain data, no threads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from riffstream.errors import RiffstreamError
+
+#: |cos| of the angle above which slerp falls back to lerp, as Riffusion does.
+SLERP_DOT_THRESHOLD = 0.9995
+#: Clips per transition in endless play, as Riffusion's web app (alpha 0.25 ... 1.0).
+DEFAULT_CLIPS_PER_TRANSITION = 4
+
+_SEPARATOR = re.compile(r"(?<!\S)to(?!\S)", re.IGNORECASE)
+
+
+def parse_prompts(text: str) -> list[str]:
+    """Split ``"lofi to jazz to techno"`` into its prompts; every part must be non-empty."""
+    parts = [part.strip() for part in _SEPARATOR.split(f" {text} ")]
+    if not text.strip() or not all(parts):
+        raise RiffstreamError(f"empty prompt in {text!r}: give text such as \"lofi hip hop to smooth jazz\"")
+    return parts
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip of the path: ``alpha`` of the way from (prompt_a, seed_a) to (prompt_b, seed_b)."""
+
+    index: int
+    prompt_a: str
+    prompt_b: str
+    alpha: float
+    seed_a: int
+    seed_b: int
+
+
+def lerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    """Linear interpolation, float32 (prompt embeddings)."""
+    return ((1.0 - alpha) * np.asarray(a, np.float32) + alpha * np.asarray(b, np.float32)).astype(np.float32)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    """Spherical interpolation of noise, float32; lerp when the two are nearly parallel (as Riffusion)."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    dot = float(np.sum(a64 * b64) / (np.linalg.norm(a64) * np.linalg.norm(b64)))
+    if abs(dot) > SLERP_DOT_THRESHOLD:
+        return lerp(a, b, alpha)
+    theta = math.acos(dot)
+    sin_theta = math.sin(theta)
+    mixed = (math.sin((1.0 - alpha) * theta) / sin_theta) * a64 + (math.sin(alpha * theta) / sin_theta) * b64
+    return mixed.astype(np.float32)
+
+
+class Journey:
+    """The waypoints of a stream: the given prompts, then the seed walking forward on the last.
+
+    ``clip(i)`` plans clip ``i``. With ``total_clips`` the journey through all the given
+    prompts is spread evenly over that many clips (the last clip lands on the last prompt);
+    without it (or with a single prompt) each transition takes ``clips_per_transition``
+    clips, forever.
+    ``queue(prompt)`` adds a prompt while the stream runs: the transition to it starts at
+    the next waypoint the stream reaches.
+    """
+
+    def __init__(self, prompts: list[str], seed: int = 0, clips_per_transition: int = DEFAULT_CLIPS_PER_TRANSITION,
+                 total_clips: int | None = None) -> None:
+        if not prompts or not all(p.strip() for p in prompts):
+            raise RiffstreamError("empty prompt: give at least one non-empty prompt")
+        if clips_per_transition < 1:
+            raise RiffstreamError(f"clips per transition must be 1 or more, not {clips_per_transition}")
+        if total_clips is not None and total_clips < 1:
+            raise RiffstreamError(f"a stream needs at least one clip, not {total_clips}")
+        self.prompts = list(prompts)
+        self.seed = int(seed)
+        self.clips_per_transition = clips_per_transition
+        self.total_clips = total_clips
+        self._last_position = 0.0
+
+    def position(self, index: int) -> float:
+        """Where clip ``index`` lies on the path, in waypoints."""
+        transitions = len(self.prompts) - 1
+        if self.total_clips is not None and transitions > 0:
+            return 0.0 if self.total_clips == 1 else transitions * index / (self.total_clips - 1)
+        return index / self.clips_per_transition
+
+    def waypoint(self, j: int) -> tuple[str, int]:
+        """(prompt, seed) of waypoint ``j``."""
+        return self.prompts[min(j, len(self.prompts) - 1)], self.seed + j
+
+    def clip(self, index: int) -> Clip:
+        """Plan clip ``index`` (clips are planned in order; ``queue`` only affects later ones)."""
+        u = self.position(index)
+        self._last_position = u
+        j = math.floor(u + 1e-9)
+        alpha = u - j
+        if alpha < 1e-9:  # exactly on a waypoint: the end of the previous transition
+            j, alpha = max(j - 1, 0), (1.0 if j > 0 else 0.0)
+        (prompt_a, seed_a), (prompt_b, seed_b) = self.waypoint(j), self.waypoint(j + 1)
+        if index == 0 and alpha == 0.0:
+            prompt_b, seed_b = prompt_a, seed_a
+        return Clip(index, prompt_a, prompt_b, float(alpha), seed_a, seed_b)
+
+    def queue(self, prompt: str, next_index: int) -> None:
+        """Add a transition to ``prompt``; ``next_index`` is the first clip not yet planned.
+
+        In endless play the transition starts at the next waypoint (at once if the last
+        planned clip ended a transition), so it never jumps mid-transition. A finite
+        journey is fixed by its duration and rejects new prompts.
+        """
+        prompt = prompt.strip()
+        if not prompt:
+            raise RiffstreamError("empty prompt")
+        if self.total_clips is not None:
+            raise RiffstreamError("the journey of a finite --duration is fixed: new prompts go to endless streams")
+        reached = math.ceil(self._last_position - 1e-9) if next_index > 0 else 0
+        # Waypoints up to `reached` are passed or in progress; later ones may be redefined.
+        if reached >= len(self.prompts) - 1:
+            self.prompts = [self.waypoint(j)[0] for j in range(reached + 1)] + [prompt]
+        else:
+            self.prompts.append(prompt)
+
+
+def clips_for_duration(total: int, clip: int, crossfade: int) -> int:
+    """How many clips of ``clip`` samples, overlapping by ``crossfade``, cover ``total`` samples.
+
+    n clips last n*clip - (n-1)*crossfade samples.
+    """
+    if total <= 0:
+        raise RiffstreamError("duration must be more than 0 seconds")
+    if not 0 <= crossfade < clip:
+        raise RiffstreamError("the crossfade must be shorter than a clip")
+    return max(1, -(-(total - crossfade) // (clip - crossfade)))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"2.5m"``, ``"1h"`` or ``"1:30"``; must be more than 0."""
+    value = text.strip().lower()
+    try:
+        if ":" in value:
+            seconds = 0.0
+            for part in value.split(":"):
+                seconds = seconds * 60 + float(part)
+        else:
+            scale = {"s": 1, "m": 60, "h": 3600}.get(value[-1:], None)
+            seconds = float(value[:-1]) * scale if scale else float(value)
+    except ValueError:
+        raise RiffstreamError(f"cannot read duration {text!r}: use seconds (90), 2.5m, 1h or 1:30") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise RiffstreamError(f"duration must be more than 0 seconds, not {text!r}")
+    return seconds

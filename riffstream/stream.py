@@ -1,0 +1,536 @@
+"""The stream: model -> spectrogram images -> audio -> crossfade -> file and ring buffer -> sound card.
+
+Three stages run at once, and this is the only module with threads:
+
+1. **Producer** (thread): walks the :class:`~riffstream.planner.Journey`, lerping prompt
+   embeddings and slerping seed noise, and has the model paint one spectrogram per clip.
+2. **Consumer** (thread): turns each image into audio (:func:`~riffstream.phase.image_to_audio`),
+   limits its peak, and joins it to the previous clip with an equal-power crossfade
+   (:class:`Stitcher`), then writes it to the output file and to the :class:`RingBuffer`.
+3. **Player** (PortAudio's thread, :class:`~riffstream.sinks.Player`): its callback only
+   copies from the ring buffer; on underrun it plays silence and counts it.
+
+The main thread (:meth:`Stream.run`) starts them, shows progress, decides when playing
+may start, and stops everything within a second on Ctrl-C or SIGTERM, leaving the
+output file valid with every finished clip in it.
+
+When the model is slower than real time:
+
+* a finite ``duration`` starts playing only once the measured production rate says the
+  buffer will not run dry before the end (``prebuffer_s`` overrides that);
+* endless play starts after the first clip and, whenever the buffer is about to run
+  dry, **loops the last clip** (crossfaded, as Riffusion's web app held its last clip)
+  until the next one is ready. The output file never contains these repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from riffstream.errors import RiffstreamError
+from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, clips_for_duration, lerp, slerp
+from riffstream.spectrogram import SpectrogramParams
+
+#: Default crossfade between clips, seconds (equal-power).
+DEFAULT_CROSSFADE = 0.25
+#: Fade-in at the very start and fade-out at the very end, seconds: no click at either edge.
+EDGE_FADE = 0.01
+#: Each clip's peak is limited to about -1 dBFS, so nothing clips in PCM files or on the card.
+PEAK_CEILING = 10 ** (-1 / 20)
+#: Live play loops the last clip when less than this much audio (seconds) is buffered.
+LOW_WATER = 1.0
+#: Most audio (seconds) the live ring buffer holds ahead of the player.
+MAX_AHEAD = 600.0
+#: Spectrogram images waiting between producer and consumer.
+IMAGE_QUEUE = 2
+#: How often (seconds) waiting threads look at the stop flag.
+POLL = 0.02
+
+
+class _Stopped(Exception):
+    """Raised inside the model's step callback to abandon a clip when the stream stops."""
+
+
+def equal_power_fades(frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fade_out, fade_in) gains of an equal-power crossfade: cos and sin of a quarter turn."""
+    theta = (np.arange(frames, dtype=np.float64) + 0.5) / max(frames, 1) * (np.pi / 2)
+    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+
+
+def limit_peak(audio: np.ndarray, ceiling: float = PEAK_CEILING) -> np.ndarray:
+    """Scale ``audio`` down (never up) so its peak is at most ``ceiling``."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return audio * np.float32(ceiling / peak) if peak > ceiling else audio
+
+
+class Stitcher:
+    """Joins clips (channels, samples) into one continuous signal, block by block.
+
+    Consecutive clips overlap by ``crossfade`` samples with an equal-power crossfade; the
+    first clip fades in and the end fades out over ``edge_fade`` samples. ``push`` returns
+    the audio that is final so far (it holds back the end of the last clip for the next
+    crossfade); ``finish`` returns the rest. With ``total`` the output is exactly that many
+    samples long, and ends (with its fade-out) inside the push that reaches it.
+    """
+
+    def __init__(self, channels: int, crossfade: int, edge_fade: int, total: int | None = None) -> None:
+        self.channels, self.crossfade, self.edge_fade, self.total = channels, crossfade, edge_fade, total
+        self._hold = max(crossfade, edge_fade)
+        self._held: np.ndarray | None = None
+        self._fade_out, self._fade_in = equal_power_fades(crossfade)
+        self.emitted = 0
+        self.done = False
+
+    def _edge(self, frames: int) -> np.ndarray:
+        return (np.arange(1, frames + 1, dtype=np.float32) / np.float32(frames)) if frames else np.ones(0, np.float32)
+
+    def push(self, clip: np.ndarray) -> np.ndarray:
+        """Add the next clip; returns the samples that are now final (channels, n)."""
+        clip = np.atleast_2d(np.asarray(clip, dtype=np.float32))
+        if self.done:
+            return np.zeros((self.channels, 0), np.float32)
+        if clip.shape[1] < 2 * self._hold:
+            raise RiffstreamError(f"clips of {clip.shape[1]} samples are too short for a {self.crossfade}-sample crossfade")
+        if self._held is None:
+            fade = min(self.edge_fade, clip.shape[1])
+            body = clip.copy()
+            body[:, :fade] *= self._edge(fade)
+        else:
+            c = self.crossfade
+            joined = self._held[:, self._held.shape[1] - c :] * self._fade_out + clip[:, :c] * self._fade_in
+            body = np.concatenate([self._held[:, : self._held.shape[1] - c], joined, clip[:, c:]], axis=1)
+        split = body.shape[1] - self._hold
+        ready, self._held = body[:, :split], body[:, split:]
+        if self.total is not None and self.emitted + body.shape[1] >= self.total:
+            return self._end(body[:, : self.total - self.emitted])
+        self.emitted += ready.shape[1]
+        return ready
+
+    def finish(self) -> np.ndarray:
+        """The held-back end, faded out; the stream is over after this."""
+        if self.done or self._held is None:
+            self.done = True
+            return np.zeros((self.channels, 0), np.float32)
+        return self._end(self._held)
+
+    def _end(self, tail: np.ndarray) -> np.ndarray:
+        tail = tail.copy()
+        fade = min(self.edge_fade, tail.shape[1])
+        if fade:
+            tail[:, tail.shape[1] - fade :] *= self._edge(fade)[::-1]
+        self.emitted += tail.shape[1]
+        self._held, self.done = None, True
+        return tail
+
+
+class RingBuffer:
+    """A preallocated single-producer, single-consumer ring of float32 frames (frames, channels).
+
+    The writer (consumer thread) blocks while it is full; the reader (the audio callback)
+    never blocks, never allocates and takes no lock: each side only advances its own
+    counter, after copying, so the other side always sees whole frames.
+    """
+
+    def __init__(self, capacity: int, channels: int) -> None:
+        self.capacity, self.channels = capacity, channels
+        self._data = np.zeros((capacity, channels), np.float32)
+        self._written = 0
+        self._read = 0
+        #: Set by the writer once the stream has ended: running empty is then no underrun.
+        self.closed = False
+
+    @property
+    def available(self) -> int:
+        """Frames written and not yet read."""
+        return self._written - self._read
+
+    def write(self, frames: np.ndarray, stop: threading.Event) -> bool:
+        """Append (n, channels) frames, waiting for room; False if ``stop`` was set first."""
+        done = 0
+        while done < len(frames):
+            room = self.capacity - self.available
+            if room == 0:
+                if stop.wait(POLL):
+                    return False
+                continue
+            start = self._written % self.capacity
+            n = min(room, len(frames) - done, self.capacity - start)
+            self._data[start : start + n] = frames[done : done + n]
+            self._written += n
+            done += n
+        return True
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Copy up to ``len(out)`` frames into ``out``; returns how many (never waits)."""
+        n = min(len(out), self._written - self._read)
+        start = self._read % self.capacity
+        first = min(n, self.capacity - start)
+        out[:first] = self._data[start : start + first]
+        out[first:n] = self._data[: n - first]
+        self._read += n
+        return n
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What to generate and how to join it (everything but the model and the sinks)."""
+
+    prompts: tuple[str, ...]
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    clips_per_transition: int = DEFAULT_CLIPS_PER_TRANSITION
+    crossfade: float = DEFAULT_CROSSFADE
+    duration: float | None = None
+    save_spectrograms: Path | None = None
+    prebuffer: float | None = None
+    params: SpectrogramParams = field(default_factory=SpectrogramParams)
+
+
+@dataclass
+class StreamStats:
+    """Progress, updated by the stream's threads and read by anyone."""
+
+    clips: int = 0
+    audio_seconds: float = 0.0
+    started: float = 0.0
+    first_audio: float | None = None
+    denoise_seconds: float = 0.0
+    loops: int = 0
+    finished: bool = False
+
+    def real_time_factor(self, now: float | None = None) -> float:
+        """Seconds of audio made per second of wall time since generation began."""
+        elapsed = (now or time.monotonic()) - self.started
+        return self.audio_seconds / elapsed if elapsed > 0 else 0.0
+
+
+def validate(options: StreamOptions, clip_width: int) -> None:
+    """Check options that need no model: fail fast, before loading anything."""
+    params = options.params
+    clip_s = params.duration_of(clip_width)
+    if not options.prompts or not all(p.strip() for p in options.prompts):
+        raise RiffstreamError("empty prompt: give text such as \"lofi hip hop to smooth jazz\"")
+    if options.duration is not None and not options.duration > 0:
+        raise RiffstreamError(f"duration must be more than 0 seconds, not {options.duration:g}")
+    if not 0 <= options.crossfade <= clip_s / 2 - EDGE_FADE:
+        raise RiffstreamError(f"crossfade must be between 0 and {clip_s / 2 - EDGE_FADE:.2f} s for {clip_s:.2f}-s clips")
+    if options.clips_per_transition < 1:
+        raise RiffstreamError("clips per transition must be 1 or more")
+    if options.steps is not None and options.steps < 1:
+        raise RiffstreamError("steps must be 1 or more")
+    if options.prebuffer is not None and options.prebuffer < 0:
+        raise RiffstreamError("prebuffer must be 0 seconds or more")
+
+
+class Stream:
+    """One run of the stream: a model, options, an optional file writer and an optional player.
+
+    ``writer`` is an :class:`~riffstream.sinks.AudioFileWriter` (or anything with
+    ``write``); ``player_factory(ring)`` makes the :class:`~riffstream.sinks.Player` that
+    reads the ring buffer. ``prompt_lines`` is an iterable of text lines (such as stdin):
+    each non-empty line queues a transition to it, in endless streams.
+    """
+
+    def __init__(self, model, options: StreamOptions, writer=None,
+                 player_factory: Callable[[RingBuffer], object] | None = None) -> None:
+        from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+        self.model = model
+        self.options = options
+        self.params = options.params
+        self.steps = options.steps or DEFAULT_STEPS
+        self.guidance = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
+        self.writer = writer
+        self.clip_width = model.options.width
+        validate(options, self.clip_width)
+        if model.options.height != self.params.num_frequencies:
+            raise RiffstreamError(
+                f"the model paints {model.options.height}-pixel-high images, the spectrogram needs {self.params.num_frequencies}"
+            )
+        rate = self.params.sample_rate
+        self.clip_seconds = self.params.duration_of(self.clip_width)
+        self.crossfade_frames = round(options.crossfade * rate)
+        self.edge_frames = round(EDGE_FADE * rate)
+        self.total_clips = self.total_frames = None
+        if options.duration is not None:
+            self.total_frames = round(options.duration * rate)
+            clip_frames = self.clip_width * self.params.hop_length
+            self.total_clips = clips_for_duration(self.total_frames, clip_frames, self.crossfade_frames)
+        self.journey = Journey(list(options.prompts), options.seed, options.clips_per_transition, self.total_clips)
+        self.stats = StreamStats()
+        self.stop_event = threading.Event()
+        self.prompt_queue: queue.Queue[str] = queue.Queue()
+        self.messages: queue.Queue[str] = queue.Queue()
+        self._images: queue.Queue = queue.Queue(maxsize=IMAGE_QUEUE)
+        self._error: BaseException | None = None
+        self.ring: RingBuffer | None = None
+        self.player = None
+        if player_factory is not None:
+            ahead = max(60.0, (options.duration or 0) + self.clip_seconds, (options.prebuffer or 0) + self.clip_seconds)
+            self.ring = RingBuffer(round(min(ahead, MAX_AHEAD) * rate), self.params.channels)
+            self.player = player_factory(self.ring)
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._produce,), name="riffstream-producer", daemon=True),
+            threading.Thread(target=self._guard, args=(self._consume,), name="riffstream-consumer", daemon=True),
+        ]
+
+    # ------------------------------------------------------------------ producer
+
+    def _guard(self, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except _Stopped:
+            pass
+        except BaseException as error:  # surfaced in the main thread by run()
+            self._error = error
+            self.stop_event.set()
+
+    def _check_stop(self, step: int, total: int) -> None:
+        if self.stop_event.is_set():
+            raise _Stopped
+
+    def queue_prompt(self, text: str) -> None:
+        """Queue a transition to ``text`` (thread-safe; ignored when empty)."""
+        if text.strip():
+            self.prompt_queue.put(text.strip())
+
+    def _produce(self) -> None:
+        model = self.model
+        negative = model.encode_prompt(self.options.negative_prompt) if self.options.negative_prompt else None
+        index = 0
+        while not self.stop_event.is_set() and (self.total_clips is None or index < self.total_clips):
+            while not self.prompt_queue.empty():
+                prompt = self.prompt_queue.get()
+                try:
+                    self.journey.queue(prompt, index)
+                    self.messages.put(f"queued a transition to {prompt!r}")
+                except RiffstreamError as error:
+                    self.messages.put(f"ignored {prompt!r}: {error}")
+            clip = self.journey.clip(index)
+            embeds = lerp(model.encode_prompt(clip.prompt_a), model.encode_prompt(clip.prompt_b), clip.alpha)
+            noise = slerp(self._noise(clip.seed_a), self._noise(clip.seed_b), clip.alpha)
+            began = time.monotonic()
+            marks = [began]
+            generation = model.generate(
+                embeds, negative, noise, steps=self.steps, guidance=self.guidance,
+                on_step=lambda i, n: (marks.append(time.monotonic()), self._check_stop(i, n)),
+            )
+            self.stats.denoise_seconds += marks[-1] - began
+            if not self._put(self._images, (clip, generation.image)):
+                return
+            index += 1
+        self._put(self._images, None)
+
+    def _noise(self, seed: int) -> np.ndarray:
+        from riffstream.model import noise_for_seed
+
+        return noise_for_seed(seed, self.model.latents_shape)
+
+    def _put(self, target: queue.Queue, item) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                target.put(item, timeout=POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    # ------------------------------------------------------------------ consumer
+
+    def _consume(self) -> None:
+        from riffstream.phase import image_to_audio
+
+        channels, rate = self.params.channels, self.params.sample_rate
+        to_file = Stitcher(channels, self.crossfade_frames, self.edge_frames, self.total_frames)
+        live = Stitcher(channels, self.crossfade_frames, self.edge_frames, self.total_frames) if self.ring else None
+        last_audio = None
+        told_looping = False
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    item = self._images.get(timeout=POLL)
+                except queue.Empty:
+                    if self.stop_event.is_set():
+                        break
+                    if (live is not None and last_audio is not None and self.player_started
+                            and self.ring.available < LOW_WATER * rate):
+                        if not told_looping:
+                            self.messages.put(
+                                f"the model makes {self.stats.real_time_factor():.2f} s of audio per second: "
+                                "looping the last clip until the next one is ready"
+                            )
+                            told_looping = True
+                        self.stats.loops += 1
+                        if live.total is not None:
+                            live.total += last_audio.shape[1] - self.crossfade_frames
+                        self._feed_ring(live.push(last_audio))
+                    continue
+                if item is None:
+                    break
+                clip, image = item
+                if self.options.save_spectrograms is not None:
+                    self._save_spectrogram(clip, image)
+                audio = np.atleast_2d(limit_peak(image_to_audio(image, self.params)))
+                rendered = to_file.push(audio)
+                if self.writer is not None:
+                    self.writer.write(rendered)
+                if live is not None and not self._feed_ring(live.push(audio)):
+                    break
+                last_audio = audio
+                self.stats.clips += 1
+                self.stats.audio_seconds = to_file.emitted / rate
+                if self.stats.first_audio is None:
+                    self.stats.first_audio = time.monotonic() - self.stats.started
+        finally:
+            rendered = to_file.finish()
+            if self.writer is not None:
+                self.writer.write(rendered)
+            if live is not None:
+                self._feed_ring(live.finish())
+            self.stats.audio_seconds = to_file.emitted / rate
+            self.stats.finished = True
+            if self.ring is not None:
+                self.ring.closed = True
+
+    def _feed_ring(self, audio: np.ndarray) -> bool:
+        return self.ring.write(np.ascontiguousarray(audio.T), self.stop_event)
+
+    def _save_spectrogram(self, clip: Clip, image) -> None:
+        folder = self.options.save_spectrograms
+        name = f"clip-{clip.index:05d}.png"
+        image.save(folder / name, format="PNG", exif=_exif(self.params))
+        record = {"file": name, "prompt_a": clip.prompt_a, "prompt_b": clip.prompt_b, "alpha": clip.alpha,
+                  "seed_a": clip.seed_a, "seed_b": clip.seed_b}
+        with open(folder / "clips.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ main thread
+
+    player_started = False
+
+    def ahead_seconds(self) -> float:
+        """Audio buffered ahead of the player, seconds."""
+        return self.ring.available / self.params.sample_rate if self.ring is not None else 0.0
+
+    def ready_to_play(self) -> bool:
+        """Whether playing can start now without the buffer running dry before the end."""
+        ahead, stats = self.ahead_seconds(), self.stats
+        if stats.finished or (self.ring is not None and self.ring.available >= self.ring.capacity - 1):
+            return True
+        if stats.clips == 0:
+            return False
+        if self.options.prebuffer is not None:
+            return ahead >= self.options.prebuffer
+        if self.options.duration is None:
+            return True
+        rate = stats.real_time_factor()
+        remaining = self.options.duration - stats.audio_seconds
+        clip_time = self.clip_seconds / rate if rate > 0 else math.inf
+        # Production at `rate` while playing at 1: the buffer's low point is at the end.
+        needed = max(clip_time, (1 - rate) * remaining / rate if rate < 1 else 0.0) * 1.2 + LOW_WATER
+        return ahead >= needed
+
+    def start(self) -> None:
+        """Start the producer and consumer threads."""
+        if self.options.save_spectrograms is not None:
+            self.options.save_spectrograms.mkdir(parents=True, exist_ok=True)
+        self.stats.started = time.monotonic()
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Stop every thread and the player; True if all ended within ``timeout`` seconds."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if self.player is not None:
+            self.player.close()
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def poll(self) -> bool:
+        """One turn of the main loop: start playing when ready; False once the stream has ended."""
+        if self._error is not None:
+            raise self._error
+        if self.player is not None and not self.player_started and self.ready_to_play():
+            self.player.start()
+            self.player_started = True
+        if not self.stats.finished:
+            return True
+        if self.player is not None:
+            return self.ring.available > 0
+        return False
+
+    def run(self, on_tick: Callable[[Stream], None] | None = None, tick: float = 0.1) -> None:
+        """Run to the end (or until Ctrl-C / an error), calling ``on_tick(self)`` as it goes."""
+        self.start()
+        try:
+            while self.poll():
+                if on_tick is not None:
+                    on_tick(self)
+                self.stop_event.wait(tick)
+            if self.player is not None:
+                self.player.drain()
+            if on_tick is not None:
+                on_tick(self)
+        finally:
+            self.stop()
+        if self._error is not None:
+            raise self._error
+
+
+def _exif(params: SpectrogramParams):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif.update(params.to_exif())
+    return exif
+
+
+def read_prompts(stream: Stream, fd: int = 0) -> threading.Thread | None:
+    """Queue each line typed on ``fd`` (stdin) as a transition, from a daemon thread.
+
+    Reads the raw descriptor with ``select`` so it never blocks shutdown; a closed,
+    missing or finished stdin just ends the thread. Returns the thread, or None when
+    ``fd`` cannot be read.
+    """
+    import os
+    import select
+
+    try:
+        os.fstat(fd)
+    except OSError:
+        return None
+
+    def reader() -> None:
+        pending = b""
+        while not stream.stop_event.is_set():
+            try:
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                if not ready:
+                    continue
+                chunk = os.read(fd, 4096)
+            except (OSError, ValueError):
+                return
+            if not chunk:
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                stream.queue_prompt(line.decode("utf-8", "replace"))
+
+    thread = threading.Thread(target=reader, name="riffstream-prompts", daemon=True)
+    thread.start()
+    return thread

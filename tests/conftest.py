@@ -1,0 +1,32 @@
+"""Shared fixtures. One tiny random-weight model is exported per test session and reused."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_SIZE = 128
+"""Clip size (pixels) the shared tiny model is compiled for: small, so each step is milliseconds."""
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory) -> Path:
+    """A cache dir private to this test session (exports, compiled-model blobs)."""
+    return tmp_path_factory.mktemp("riffstream-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_cache_dir):
+    """The tiny model, exported once per session through the same code path as real models."""
+    from riffstream.model import ModelOptions, RiffusionModel
+
+    options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, cache_dir=model_cache_dir)
+    return RiffusionModel.load(options, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(model_cache_dir, tiny_model) -> Path:
+    """The session cache dir, with the tiny model already exported (for CLI subprocesses)."""
+    return model_cache_dir

@@ -1,0 +1,166 @@
+"""The generation command end to end: tiny model through OpenVINO, real PortAudio into ALSA.
+
+Live playback goes to ALSA's ``file`` plugin through a ``.asoundrc`` under a temporary HOME,
+which captures exactly the float32 samples PortAudio played.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from riffstream.cli import main
+
+WIDTH = 64
+RATE = 44100
+CLIP = WIDTH * 441
+FAST = ["--model", "tiny", "--width", str(WIDTH), "--steps", "2", "--no-progress"]
+
+
+def _command(cache, *args):
+    return [sys.executable, "-m", "riffstream", *args, *FAST, "--cache-dir", str(cache)]
+
+
+def _env(home=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+def _wait_for(predicate, timeout, process):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _records(folder):
+    path = folder / "clips.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_live_output_equals_the_rendered_file(tiny_exported, tmp_path):
+    home, played, out = tmp_path / "home", tmp_path / "played.raw", tmp_path / "out.wav"
+    home.mkdir()
+    (home / ".asoundrc").write_text(f'pcm.!default {{ type file slave.pcm "null" file "{played}" format "raw" }}\n')
+    result = subprocess.run(
+        _command(tiny_exported, "lofi to jazz", "--duration", "2", "--seed", "4", "--out", str(out), "--prebuffer", "2"),
+        env=_env(home), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "0 underruns" in result.stderr and "noise, not music" in result.stderr
+    rendered, rate = soundfile.read(out, dtype="float32")
+    assert rate == RATE and rendered.shape == (2 * RATE,)
+    captured = np.fromfile(played, dtype=np.float32)
+    start = int(np.flatnonzero(captured)[0])
+    live = captured[start:start + rendered.size]
+    np.testing.assert_allclose(live, rendered, atol=1.5 / 32768)  # the file is 16-bit PCM
+    assert not np.any(captured[start + rendered.size:])
+
+
+def test_a_typed_prompt_queues_a_transition_and_ctrl_c_keeps_a_valid_file(tiny_exported, tmp_path):
+    out, spec = tmp_path / "endless.wav", tmp_path / "spec"
+    process = subprocess.Popen(
+        _command(tiny_exported, "lofi", "--seed", "2", "--no-play", "--out", str(out), "--save-spectrograms", str(spec),
+                 "--clips-per-transition", "2", "--crossfade", "0.1"),
+        env=_env(), stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        _wait_for(lambda: len(_records(spec)) >= 1, 180, process)
+        process.stdin.write(b"smooth jazz\n")
+        process.stdin.flush()
+        _wait_for(lambda: any(r["prompt_a"] == "smooth jazz" for r in _records(spec)), 60, process)
+        process.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        process.wait(timeout=10)
+        stopped_in = time.monotonic() - began
+    finally:
+        process.kill()
+    stderr = process.stderr.read().decode()
+    assert process.returncode == 130, stderr
+    assert stopped_in < 2.0 and "Traceback" not in stderr
+    assert "queued a transition to 'smooth jazz'" in stderr
+    records = _records(spec)
+    to_jazz = [r["alpha"] for r in records if r["prompt_b"] == "smooth jazz" and r["prompt_a"] == "lofi"]
+    assert to_jazz == [0.5, 1.0]
+    audio, rate = soundfile.read(out)
+    crossfade = round(0.1 * RATE)
+    assert audio.shape == (len(records) * (CLIP - crossfade) + crossfade,)
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_sigterm_mid_render_leaves_a_valid_file(tiny_exported, tmp_path):
+    out, spec = tmp_path / "long.flac", tmp_path / "spec"
+    process = subprocess.Popen(
+        _command(tiny_exported, "lofi to jazz", "--duration", "10m", "--seed", "2", "--no-play", "--out", str(out),
+                 "--save-spectrograms", str(spec)),
+        env=_env(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        _wait_for(lambda: len(_records(spec)) >= 3, 180, process)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    stderr = process.stderr.read().decode()
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    audio, rate = soundfile.read(out)
+    clips = len(_records(spec))
+    assert audio.shape == (clips * (CLIP - round(0.25 * RATE)) + round(0.25 * RATE),)
+
+
+# ---------------------------------------------------------------- bad input: one line, non-zero, nothing written
+
+
+@pytest.mark.parametrize("args,message", [
+    ([""], "empty prompt"),
+    (["lofi to"], "empty prompt"),
+    (["lofi", "--duration", "0"], "duration"),
+    (["lofi", "--duration", "-5"], "duration"),
+    (["lofi", "--duration", "soon"], "duration"),
+    (["lofi", "--out", "OUT/x.mp3"], ".wav, .flac or .ogg"),
+    (["lofi", "--out", "OUT/missing/x.wav"], "does not exist"),
+    (["lofi", "--no-play"], "--out"),
+    (["lofi", "--crossfade", "9"], "crossfade"),
+    (["lofi", "--width", "100", "--no-play", "--out", "OUT/x.wav"], "multiple of 8"),
+    (["lofi", "--output-device", "no such device"], "--out FILE --no-play"),
+    (["lofi", "--model", "OUT/no-such-model", "--no-play", "--out", "OUT/x.wav"], "model"),
+    (["lofi", "--model", "tiny", "--device", "NPU9", "--no-play", "--out", "OUT/x.wav"], "device"),
+])
+def test_bad_input_gets_one_line_and_leaves_nothing_behind(args, message, tmp_path, capsys):
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    assert main(args + ["--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 or err[-1].startswith("riffstream: error:"), err
+    assert err[-1].startswith("riffstream: error:") and message in err[-1]
+    assert not [p for p in tmp_path.iterdir() if p.name != "cache"]
+
+
+def test_read_only_output_is_refused_before_the_model_loads(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        assert main(["lofi", "--no-play", "--out", str(folder / "x.wav")]) == 2
+        assert "permission denied" in capsys.readouterr().err
+    finally:
+        folder.chmod(0o700)
+
+
+def test_help_documents_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--out", "--no-play", "--duration", "--seed", "--steps", "--guidance", "--negative-prompt",
+                   "--clips-per-transition", "--crossfade", "--model", "--device", "--int8", "--save-spectrograms",
+                   "--output-device", "--list-devices", "image-to-audio"):
+        assert option in text

@@ -1,0 +1,197 @@
+"""The stream's parts: crossfading stitcher, ring buffer, and the threaded stream on the tiny model."""
+
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+import soundfile
+
+from riffstream.errors import RiffstreamError
+from riffstream.planner import clips_for_duration
+from riffstream.sinks import AudioFileWriter
+from riffstream.spectrogram import SpectrogramParams
+from riffstream.stream import RingBuffer, Stitcher, Stream, StreamOptions, equal_power_fades, limit_peak
+
+WIDTH = 64  # 0.64-s clips: the tiny model paints one in a fraction of a second
+RATE = 44100
+
+
+def _clips(n, length=1000, channels=1, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-0.5, 0.5, (channels, length)).astype(np.float32) for _ in range(n)]
+
+
+def _stitch(stitcher, clips):
+    parts = [stitcher.push(c) for c in clips] + [stitcher.finish()]
+    return np.concatenate(parts, axis=1)
+
+
+def _ramp(n):
+    return np.arange(1, n + 1, dtype=np.float32) / n
+
+
+def _reference(clips, crossfade, edge, total=None):
+    """Crossfaded concatenation of whole clips, built in one go (independent of Stitcher's blocks)."""
+    fade_out, fade_in = equal_power_fades(crossfade)
+    out = clips[0].copy()
+    out[:, :edge] *= _ramp(edge)
+    for clip in clips[1:]:
+        head = out[:, out.shape[1] - crossfade:] * fade_out + clip[:, :crossfade] * fade_in
+        out = np.concatenate([out[:, : out.shape[1] - crossfade], head, clip[:, crossfade:]], axis=1)
+    out = out[:, :total].copy()
+    end = min(edge, out.shape[1])
+    out[:, out.shape[1] - end:] *= _ramp(end)[::-1]
+    return out
+
+
+def test_equal_power_crossfade_keeps_power_constant():
+    fade_out, fade_in = equal_power_fades(441)
+    np.testing.assert_allclose(fade_out**2 + fade_in**2, 1.0, atol=1e-6)
+    assert fade_out[0] > 0.99 and fade_in[-1] > 0.99
+
+
+@pytest.mark.parametrize("crossfade,edge", [(100, 10), (0, 10), (5, 50)])
+def test_stitching_block_by_block_equals_crossfading_whole_clips(crossfade, edge):
+    clips = _clips(6, channels=2)
+    out = _stitch(Stitcher(2, crossfade, edge), clips)
+    assert out.shape == (2, 6 * 1000 - 5 * crossfade)
+    np.testing.assert_allclose(out, _reference(clips, crossfade, edge), atol=1e-6)
+
+
+@pytest.mark.parametrize("total", [1, 999, 1000, 1901, 2500, 4601])
+def test_a_total_gives_exactly_that_many_samples_with_a_fade_out(total):
+    clips = _clips(clips_for_duration(total, 1000, 100))
+    stitcher = Stitcher(1, 100, 10, total=total)
+    out = _stitch(stitcher, clips)
+    assert out.shape == (1, total) and stitcher.done
+    np.testing.assert_allclose(out, _reference(clips, 100, 10, total), atol=1e-6)
+    assert abs(out[0, -1]) <= 0.5 / min(10, total) + 1e-6
+
+
+def test_stream_edges_fade_so_they_do_not_click():
+    out = _stitch(Stitcher(1, 50, 441), [np.ones((1, 5000), np.float32)] * 3)
+    assert 0 < out[0, 0] < 0.01 and 0 < out[0, -1] < 0.01
+    assert np.max(np.abs(np.diff(out[0, :442]))) < 0.01 and np.max(np.abs(np.diff(out[0, -442:]))) < 0.01
+
+
+def test_peak_is_limited_but_quiet_audio_is_untouched():
+    loud = np.array([0.0, 2.0, -3.0], np.float32)
+    assert np.max(np.abs(limit_peak(loud))) == pytest.approx(10 ** (-1 / 20))
+    quiet = np.array([0.1, -0.2], np.float32)
+    assert limit_peak(quiet) is quiet
+
+
+def test_ring_buffer_keeps_order_across_wrap_around():
+    ring, stop = RingBuffer(7, 2), threading.Event()
+    data = np.arange(40, dtype=np.float32).reshape(20, 2)
+    out = np.full((3, 2), -1, np.float32)
+    got = []
+    for start in range(0, 20, 5):
+        assert ring.write(data[start:start + 5], stop)
+        while ring.available:
+            n = ring.read_into(out)
+            got.append(out[:n].copy())
+    np.testing.assert_array_equal(np.concatenate(got), data)
+
+
+def test_ring_buffer_reader_takes_what_there_is_and_never_waits():
+    ring = RingBuffer(8, 1)
+    ring.write(np.ones((3, 1), np.float32), threading.Event())
+    out = np.zeros((5, 1), np.float32)
+    began = time.monotonic()
+    assert ring.read_into(out) == 3 and ring.read_into(out) == 0
+    assert time.monotonic() - began < 0.01
+
+
+def test_a_full_ring_buffer_holds_the_writer_until_stopped():
+    ring, stop = RingBuffer(4, 1), threading.Event()
+    result = []
+    writer = threading.Thread(target=lambda: result.append(ring.write(np.ones((6, 1), np.float32), stop)))
+    writer.start()
+    time.sleep(0.1)
+    assert writer.is_alive() and ring.available == 4
+    stop.set()
+    writer.join(1)
+    assert result == [False]
+
+
+# ---------------------------------------------------------------- the threaded stream, tiny model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_exported):
+    from riffstream.model import ModelOptions, RiffusionModel
+
+    return RiffusionModel.load(ModelOptions(model="tiny", width=WIDTH, cache_dir=tiny_exported), progress=False)
+
+
+def _render(model, path, duration, seed=3, **options):
+    opts = StreamOptions(prompts=("lofi", "jazz"), seed=seed, steps=options.pop("steps", 2), duration=duration, **options)
+    with AudioFileWriter(path, RATE, 1) as writer:
+        stream = Stream(model, opts, writer)
+        stream.run()
+    return stream
+
+
+def test_a_render_lasts_exactly_its_duration(model, tmp_path):
+    stream = _render(model, tmp_path / "a.wav", 1.7)
+    info = soundfile.info(tmp_path / "a.wav")
+    assert info.frames == round(1.7 * RATE) and info.samplerate == RATE
+    assert stream.stats.clips == stream.total_clips == clips_for_duration(round(1.7 * RATE), WIDTH * 441, round(0.25 * RATE))
+
+
+def test_the_same_seed_and_options_give_the_same_audio(model, tmp_path):
+    _render(model, tmp_path / "a.wav", 1.5, seed=7)
+    _render(model, tmp_path / "b.wav", 1.5, seed=7)
+    _render(model, tmp_path / "c.wav", 1.5, seed=8)
+    a, b, c = (soundfile.read(tmp_path / f"{n}.wav")[0] for n in "abc")
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == c.shape and not np.array_equal(a, c)
+
+
+def test_memory_stays_flat_however_long_the_render(model, tmp_path):
+    def peak(duration):
+        tracemalloc.start()
+        _render(model, tmp_path / "m.wav", duration, steps=1, crossfade=0.05)
+        _, high = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return high
+
+    peak(1.0)  # warm caches (FFT plans, embeddings) first
+    short, long = peak(2.0), peak(20.0)
+    assert long <= short * 1.05, (short, long)
+
+
+def test_spectrograms_and_their_path_are_saved(model, tmp_path):
+    import json
+
+    from riffstream.spectrogram import read_image
+
+    _render(model, tmp_path / "a.wav", 1.0, save_spectrograms=tmp_path / "spec")
+    records = [json.loads(line) for line in (tmp_path / "spec" / "clips.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == ["clip-00000.png", "clip-00001.png"]
+    assert records[-1]["prompt_b"] == "jazz" and records[-1]["alpha"] == 1.0
+    assert read_image(tmp_path / "spec" / "clip-00000.png").size == (WIDTH, 512)
+
+
+def test_stop_ends_every_thread_within_a_second(model, tmp_path):
+    opts = StreamOptions(prompts=("lofi",), seed=1, steps=50)
+    with AudioFileWriter(tmp_path / "s.wav", RATE, 1) as writer:
+        stream = Stream(model, opts, writer)
+        stream.start()
+        time.sleep(1.0)
+        began = time.monotonic()
+        assert stream.stop(timeout=1.0)
+        assert time.monotonic() - began < 1.0
+
+
+def test_a_model_of_the_wrong_height_is_refused(tiny_model):
+    with pytest.raises(RiffstreamError, match="pixel-high"):
+        Stream(tiny_model, StreamOptions(prompts=("a",)))
+
+
+def test_a_crossfade_longer_than_half_a_clip_is_refused(model):
+    with pytest.raises(RiffstreamError, match="crossfade"):
+        Stream(model, StreamOptions(prompts=("a",), crossfade=0.4, params=SpectrogramParams()))
