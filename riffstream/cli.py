@@ -20,6 +20,7 @@ import numpy as np
 
 from riffstream.errors import RiffstreamError
 from riffstream.phase import DEFAULT_ITERATIONS
+from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS
 
 #: Exit status for user-fixable errors (argparse uses 2 for usage errors too).
 EXIT_ERROR = 2
@@ -27,27 +28,26 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: Exit status after SIGTERM, as shells report it.
 EXIT_TERMINATED = 143
-#: Peak level conversions never exceed, about -1 dBFS, so PCM files do not clip.
-PEAK_CEILING = 10 ** (-1 / 20)
 
 
 def _image_to_audio(args: argparse.Namespace) -> None:
-    from riffstream.phase import image_to_audio
     from riffstream.sinks import check_writable, file_format, write_audio
     from riffstream.spectrogram import params_for_image, read_image
+    from riffstream.stitch import stitch_images
 
-    file_format(args.output)
-    check_writable(args.output)
-    image = read_image(args.image)
-    params = params_for_image(image)
-    audio = image_to_audio(image, params, iterations=args.iterations)
-    peak = float(np.max(np.abs(audio)))
-    if peak == 0:
-        raise RiffstreamError(f"{args.image} is blank: it holds no sound")
-    if peak > PEAK_CEILING:
-        audio = audio * (PEAK_CEILING / peak)
-    write_audio(args.output, audio, params.sample_rate)
-    print(f"wrote {args.output}: {audio.shape[-1] / params.sample_rate:.2f} s at {params.sample_rate} Hz")
+    *image_paths, output = args.paths
+    if not image_paths:
+        raise RiffstreamError("give one or more spectrogram images, then the audio file to write")
+    file_format(output)
+    check_writable(output)
+    images = [read_image(path) for path in image_paths]
+    params = params_for_image(images[0])
+    audio = stitch_images(images, params, crossfade=args.crossfade, iterations=args.iterations, loudness=args.loudness)
+    if not np.any(audio):
+        raise RiffstreamError(f"{' and '.join(image_paths)} hold no sound")
+    write_audio(output, audio, params.sample_rate)
+    print(f"wrote {output}: {len(images)} clip{'s' * (len(images) > 1)}, "
+          f"{audio.shape[-1] / params.sample_rate:.2f} s at {params.sample_rate} Hz")
 
 
 def _audio_to_image(args: argparse.Namespace) -> None:
@@ -73,6 +73,19 @@ def _audio_to_image(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}: {image.width} x {image.height} pixels, {params.duration_of(image.width):.2f} s")
 
 
+def _loudness(text: str) -> float | None:
+    """A target loudness in LUFS, or None for 'off'."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LUFS such as -14, or 'off', not {text!r}") from None
+    if not -70 <= value <= 0:
+        raise argparse.ArgumentTypeError(f"loudness must be between -70 and 0 LUFS, not {value:g}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -83,9 +96,18 @@ def _non_negative_int(text: str) -> int:
 def _conversion_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="riffstream", description="Convert between audio and spectrogram images.")
     commands = parser.add_subparsers(dest="command", required=True)
-    to_audio = commands.add_parser("image-to-audio", help="turn a Riffusion spectrogram image into audio")
-    to_audio.add_argument("image", help="spectrogram image (PNG made by Riffusion or riffstream)")
-    to_audio.add_argument("output", help="audio file to write: .wav, .flac or .ogg")
+    to_audio = commands.add_parser(
+        "image-to-audio", help="turn Riffusion spectrogram images into audio",
+        description="Turn one or more Riffusion spectrogram images into one audio file; several images are "
+                    "stitched exactly as the live stream stitches its clips.")
+    to_audio.add_argument("paths", nargs="+", metavar="IMAGE... OUTPUT",
+                          help="spectrogram images (PNG made by Riffusion or riffstream), then the audio file to "
+                               "write: .wav, .flac or .ogg")
+    to_audio.add_argument("--crossfade", type=float, default=DEFAULT_CROSSFADE, metavar="SECONDS",
+                          help="overlap between consecutive images (default: %(default)s)")
+    to_audio.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS, metavar="LUFS",
+                          help="target loudness, true peaks under -1 dBTP; 'off' keeps the image's level, "
+                               "peak-limited (default: %(default)s)")
     to_audio.add_argument("--iterations", type=_non_negative_int, default=DEFAULT_ITERATIONS, metavar="N",
                           help="fast Griffin-Lim iterations after PGHI (default: %(default)s)")
     to_audio.set_defaults(run=_image_to_audio)
@@ -127,7 +149,6 @@ OUT.png (see riffstream image-to-audio --help).
 def _generation_parser() -> argparse.ArgumentParser:
     from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_SCHEDULER, DEFAULT_STEPS
     from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
-    from riffstream.stream import DEFAULT_CROSSFADE
 
     parser = argparse.ArgumentParser(
         prog="riffstream", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_EPILOG,
@@ -156,8 +177,12 @@ def _generation_parser() -> argparse.ArgumentParser:
     gen.add_argument("--clips-per-transition", type=int, default=DEFAULT_CLIPS_PER_TRANSITION, metavar="N",
                      help="clips a transition takes in endless play; on one prompt the seed walks on every N clips "
                           "(default: %(default)s, alpha 0.25 ... 1.0 as Riffusion's web app)")
-    gen.add_argument("--crossfade", type=float, default=DEFAULT_CROSSFADE, metavar="SECONDS",
-                     help="equal-power crossfade between clips (default: %(default)s)")
+    gen.add_argument("--crossfade", type=float, metavar="SECONDS",
+                     help=f"overlap between clips, phase-continued and crossfaded (default: {DEFAULT_CROSSFADE:g}, "
+                          "or a quarter of a narrower clip)")
+    gen.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS, metavar="LUFS",
+                     help="loudness every clip is brought to, true peaks under -1 dBTP; 'off' keeps the model's "
+                          "level (default: %(default)s)")
     gen.add_argument("--width", type=int, default=512, metavar="PIXELS",
                      help="clip width; 100 pixels per second (default: %(default)s = 5.12 s; multiple of 8)")
     model = parser.add_argument_group("model")
@@ -223,7 +248,7 @@ def _generate(args: argparse.Namespace) -> None:
     options = StreamOptions(
         prompts=tuple(prompts), seed=seed, steps=args.steps, guidance=args.guidance,
         negative_prompt=args.negative_prompt, clips_per_transition=args.clips_per_transition,
-        crossfade=args.crossfade, duration=duration, save_spectrograms=spectrograms, prebuffer=args.prebuffer,
+        crossfade=args.crossfade, loudness=args.loudness, duration=duration, save_spectrograms=spectrograms, prebuffer=args.prebuffer,
         params=params)
     validate(options, args.width)
     if args.out:

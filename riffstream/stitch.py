@@ -143,7 +143,7 @@ class ClipStitcher:
             )
         lead_in = self._lead_in if self.continuity and self.overlap_frames else None
         clip = reconstruct(mel, params, self.iterations, lead_in)
-        self._lead_in = clip.spectrum[:, clip.spectrum.shape[1] - self.overlap_frames :]
+        self._lead_in = clip.spectrum[:, clip.spectrum.shape[1] - self.overlap_frames :].copy()
         audio = self._level(clip.audio)
         body_end = audio.shape[-1] - self.overlap
         if self._tail is None:
@@ -169,7 +169,7 @@ class ClipStitcher:
         ``LOUDNESS_TOLERANCE`` of the target. A silent clip keeps the previous gain.
         """
         if self.loudness is None:
-            return audio
+            return limit_peaks(audio, self.params.sample_rate, LIMITER_CEILING)
         measured = self._loudness_of(audio)
         if not np.isfinite(measured):
             return limit_peaks(audio * np.float32(self._gain), self.params.sample_rate, LIMITER_CEILING)
@@ -185,7 +185,11 @@ class ClipStitcher:
         return levelled
 
     def _loudness_of(self, audio: np.ndarray) -> float:
-        return float(self._meter.integrated_loudness(audio.T.astype(np.float64)))
+        """Integrated loudness in LUFS; NaN for a clip shorter than BS.1770's 400-ms block."""
+        try:
+            return float(self._meter.integrated_loudness(audio.T.astype(np.float64)))
+        except ValueError:
+            return float("nan")
 
 
 def stitch_images(images: list[Image.Image], params: SpectrogramParams | None = None,

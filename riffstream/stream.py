@@ -4,9 +4,11 @@ Three stages run at once, and this is the only module with threads:
 
 1. **Producer** (thread): walks the :class:`~riffstream.planner.Journey`, lerping prompt
    embeddings and slerping seed noise, and has the model paint one spectrogram per clip.
-2. **Consumer** (thread): turns each image into audio (:func:`~riffstream.phase.image_to_audio`),
-   limits its peak, and joins it to the previous clip with an equal-power crossfade
-   (:class:`Stitcher`), then writes it to the output file and to the :class:`RingBuffer`.
+2. **Consumer** (thread): turns each image into audio and joins it to the previous clip
+   with :class:`~riffstream.stitch.ClipStitcher` (phase continued across the overlap,
+   correlation-aware equal-power crossfade, steady loudness), then writes it to the
+   output file and to the :class:`RingBuffer` (:class:`Stitcher` trims the stream to its
+   exact duration and fades its very edges).
 3. **Player** (PortAudio's thread, :class:`~riffstream.sinks.Player`): its callback only
    copies from the ring buffer; on underrun it plays silence and counts it.
 
@@ -25,6 +27,7 @@ When the model is slower than real time:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import queue
@@ -39,13 +42,10 @@ import numpy as np
 from riffstream.errors import RiffstreamError
 from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, clips_for_duration, lerp, slerp
 from riffstream.spectrogram import SpectrogramParams
+from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher, overlap_frames
 
-#: Default crossfade between clips, seconds (equal-power).
-DEFAULT_CROSSFADE = 0.25
 #: Fade-in at the very start and fade-out at the very end, seconds: no click at either edge.
 EDGE_FADE = 0.01
-#: Each clip's peak is limited to about -1 dBFS, so nothing clips in PCM files or on the card.
-PEAK_CEILING = 10 ** (-1 / 20)
 #: Live play loops the last clip when less than this much audio (seconds) is buffered.
 LOW_WATER = 1.0
 #: Most audio (seconds) the live ring buffer holds ahead of the player.
@@ -64,12 +64,6 @@ def equal_power_fades(frames: int) -> tuple[np.ndarray, np.ndarray]:
     """(fade_out, fade_in) gains of an equal-power crossfade: cos and sin of a quarter turn."""
     theta = (np.arange(frames, dtype=np.float64) + 0.5) / max(frames, 1) * (np.pi / 2)
     return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
-
-
-def limit_peak(audio: np.ndarray, ceiling: float = PEAK_CEILING) -> np.ndarray:
-    """Scale ``audio`` down (never up) so its peak is at most ``ceiling``."""
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    return audio * np.float32(ceiling / peak) if peak > ceiling else audio
 
 
 class Stitcher:
@@ -190,7 +184,8 @@ class StreamOptions:
     guidance: float | None = None
     negative_prompt: str | None = None
     clips_per_transition: int = DEFAULT_CLIPS_PER_TRANSITION
-    crossfade: float = DEFAULT_CROSSFADE
+    crossfade: float | None = None  # None: DEFAULT_CROSSFADE, or a quarter of a narrower clip
+    loudness: float | None = DEFAULT_LOUDNESS
     duration: float | None = None
     save_spectrograms: Path | None = None
     prebuffer: float | None = None
@@ -215,6 +210,13 @@ class StreamStats:
         return self.audio_seconds / elapsed if elapsed > 0 else 0.0
 
 
+def crossfade_seconds(options: StreamOptions, clip_width: int) -> float:
+    """The crossfade in force: the option, else the default, shortened for narrow clips."""
+    if options.crossfade is not None:
+        return options.crossfade
+    return min(DEFAULT_CROSSFADE, options.params.duration_of(clip_width) / 4)
+
+
 def validate(options: StreamOptions, clip_width: int) -> None:
     """Check options that need no model: fail fast, before loading anything."""
     params = options.params
@@ -223,7 +225,7 @@ def validate(options: StreamOptions, clip_width: int) -> None:
         raise RiffstreamError("empty prompt: give text such as \"lofi hip hop to smooth jazz\"")
     if options.duration is not None and not options.duration > 0:
         raise RiffstreamError(f"duration must be more than 0 seconds, not {options.duration:g}")
-    if not 0 <= options.crossfade <= clip_s / 2 - EDGE_FADE:
+    if not 0 <= crossfade_seconds(options, clip_width) <= clip_s / 2 - EDGE_FADE:
         raise RiffstreamError(f"crossfade must be between 0 and {clip_s / 2 - EDGE_FADE:.2f} s for {clip_s:.2f}-s clips")
     if options.clips_per_transition < 1:
         raise RiffstreamError("clips per transition must be 1 or more")
@@ -260,7 +262,8 @@ class Stream:
             )
         rate = self.params.sample_rate
         self.clip_seconds = self.params.duration_of(self.clip_width)
-        self.crossfade_frames = round(options.crossfade * rate)
+        self.crossfade = crossfade_seconds(options, self.clip_width)
+        self.crossfade_frames = overlap_frames(self.params, self.crossfade) * self.params.hop_length
         self.edge_frames = round(EDGE_FADE * rate)
         self.total_clips = self.total_frames = None
         if options.duration is not None:
@@ -349,12 +352,14 @@ class Stream:
     # ------------------------------------------------------------------ consumer
 
     def _consume(self) -> None:
-        from riffstream.phase import image_to_audio
-
         channels, rate = self.params.channels, self.params.sample_rate
-        to_file = Stitcher(channels, self.crossfade_frames, self.edge_frames, self.total_frames)
-        live = Stitcher(channels, self.crossfade_frames, self.edge_frames, self.total_frames) if self.ring else None
-        last_audio = None
+        clips = ClipStitcher(self.params, self.crossfade, loudness=self.options.loudness)
+        # Live play joins the same clips, until a loop makes it differ from the file: from then
+        # on it has a stitcher of its own (or shares the only one, when there is no file).
+        live_clips: ClipStitcher | None = None
+        to_file = Stitcher(channels, 0, self.edge_frames, self.total_frames)
+        live = Stitcher(channels, 0, self.edge_frames, self.total_frames) if self.ring else None
+        last_image = None
         told_looping = False
         try:
             while not self.stop_event.is_set():
@@ -363,7 +368,7 @@ class Stream:
                 except queue.Empty:
                     if self.stop_event.is_set():
                         break
-                    if (live is not None and last_audio is not None and self.player_started
+                    if (live is not None and last_image is not None and self.player_started
                             and self.ring.available < LOW_WATER * rate):
                         if not told_looping:
                             self.messages.put(
@@ -372,31 +377,40 @@ class Stream:
                             )
                             told_looping = True
                         self.stats.loops += 1
+                        if live_clips is None:
+                            live_clips = copy.deepcopy(clips) if self.writer is not None else clips
+                        repeat = live_clips.add(last_image)
                         if live.total is not None:
-                            live.total += last_audio.shape[1] - self.crossfade_frames
-                        self._feed_ring(live.push(last_audio))
+                            live.total += repeat.shape[1]
+                        self._feed_ring(live.push(repeat))
                     continue
                 if item is None:
                     break
                 clip, image = item
                 if self.options.save_spectrograms is not None:
                     self._save_spectrogram(clip, image)
-                audio = np.atleast_2d(limit_peak(image_to_audio(image, self.params)))
+                audio = clips.add(image)
                 rendered = to_file.push(audio)
                 if self.writer is not None:
                     self.writer.write(rendered)
+                if live_clips is not None and live_clips is not clips:
+                    audio = live_clips.add(image)
                 if live is not None and not self._feed_ring(live.push(audio)):
                     break
-                last_audio = audio
+                last_image = image
                 self.stats.clips += 1
                 self.stats.audio_seconds = to_file.emitted / rate
                 if self.stats.first_audio is None:
                     self.stats.first_audio = time.monotonic() - self.stats.started
         finally:
-            rendered = to_file.finish()
+            tail = clips.finish()
+            rendered = np.concatenate([to_file.push(tail), to_file.finish()], axis=1) if tail.shape[1] else to_file.finish()
             if self.writer is not None:
                 self.writer.write(rendered)
             if live is not None:
+                live_tail = tail if live_clips is None or live_clips is clips else live_clips.finish()
+                if live_tail.shape[1]:
+                    self._feed_ring(live.push(live_tail))
                 self._feed_ring(live.finish())
             self.stats.audio_seconds = to_file.emitted / rate
             self.stats.finished = True

@@ -100,3 +100,21 @@ def test_empty_and_silent_audio_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "text.wav").write_text("not audio")
     assert_one_line_error(riffstream("audio-to-image", tmp_path / "text.wav", tmp_path / "d.png"), "cannot read")
     assert leftovers(tmp_path) == ["empty.wav", "silent.wav", "text.wav"]
+
+
+def test_several_images_are_stitched_into_one_file_as_the_stream_stitches(tmp_path: Path) -> None:
+    from riffstream.spectrogram import read_image
+    from riffstream.stitch import stitch_images
+
+    rate = 44100
+    t = np.arange(int(3.0 * rate)) / rate
+    for index, freq in enumerate((220.0, 330.0, 440.0)):
+        soundfile.write(tmp_path / f"part{index}.wav", 0.3 * np.sin(2 * np.pi * freq * t), rate)
+        assert riffstream("audio-to-image", tmp_path / f"part{index}.wav", tmp_path / f"part{index}.png").returncode == 0
+    images = [tmp_path / f"part{index}.png" for index in range(3)]
+    result = riffstream("image-to-audio", *images, tmp_path / "joined.wav", "--crossfade", "0.5")
+    assert result.returncode == 0, result.stderr
+    joined, _ = soundfile.read(tmp_path / "joined.wav", dtype="float32")
+    expected = stitch_images([read_image(path) for path in images], crossfade=0.5)[0]
+    assert joined.shape == (3 * (301 - 50) * 441 + 50 * 441,) == expected.shape
+    np.testing.assert_allclose(joined, expected, atol=2 / 32768)
