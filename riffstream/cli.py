@@ -94,7 +94,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _conversion_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="riffstream", description="Convert between audio and spectrogram images.")
+    parser = argparse.ArgumentParser(prog="riffstream", exit_on_error=False, description="Convert between audio and spectrogram images.")
     commands = parser.add_subparsers(dest="command", required=True)
     to_audio = commands.add_parser(
         "image-to-audio", help="turn Riffusion spectrogram images into audio",
@@ -149,9 +149,10 @@ OUT.png (see riffstream image-to-audio --help).
 def _generation_parser() -> argparse.ArgumentParser:
     from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_SCHEDULER, DEFAULT_STEPS
     from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
+    from riffstream.stream import DEFAULT_STRENGTH
 
     parser = argparse.ArgumentParser(
-        prog="riffstream", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_EPILOG,
+        prog="riffstream", exit_on_error=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_EPILOG,
         description="Endless, evolving AI music from text: Riffusion on OpenVINO, played live or rendered to file. "
                     "Each clip is 5.12 s; 'a to b to c' morphs from prompt to prompt.")
     parser.add_argument("prompt", nargs="*", help='what to play, e.g. "lofi hip hop to smooth jazz" ("to" chains prompts)')
@@ -183,6 +184,12 @@ def _generation_parser() -> argparse.ArgumentParser:
     gen.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS, metavar="LUFS",
                      help="loudness every clip is brought to, true peaks under -1 dBTP; 'off' keeps the model's "
                           "level (default: %(default)s)")
+    gen.add_argument("--init-audio", metavar="FILE",
+                     help="start every clip from this audio loop's spectrogram (img2img), to lock tempo and sound")
+    gen.add_argument("--continuation", action="store_true",
+                     help="start every clip from the end of the previous one (img2img), for continuity")
+    gen.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+                     help="how much of the init image img2img repaints, 0..1 (default: %(default)s)")
     gen.add_argument("--width", type=int, default=512, metavar="PIXELS",
                      help="clip width; 100 pixels per second (default: %(default)s = 5.12 s; multiple of 8)")
     model = parser.add_argument_group("model")
@@ -248,7 +255,8 @@ def _generate(args: argparse.Namespace) -> None:
     options = StreamOptions(
         prompts=tuple(prompts), seed=seed, steps=args.steps, guidance=args.guidance,
         negative_prompt=args.negative_prompt, clips_per_transition=args.clips_per_transition,
-        crossfade=args.crossfade, loudness=args.loudness, duration=duration, save_spectrograms=spectrograms, prebuffer=args.prebuffer,
+        crossfade=args.crossfade, loudness=args.loudness, init_image=_init_image(args.init_audio, args.width),
+        strength=args.strength, continuation=args.continuation, duration=duration, save_spectrograms=spectrograms, prebuffer=args.prebuffer,
         params=params)
     validate(options, args.width)
     if args.out:
@@ -267,6 +275,23 @@ def _generate(args: argparse.Namespace) -> None:
         print("riffstream: note: --model tiny is a random-weight test model: its output is noise, not music",
               file=sys.stderr)
     _stream(args, model, options, device_name)
+
+
+def _init_image(path: str | None, width: int):
+    """The spectrogram of an audio loop, tiled or cut to the clip width, for img2img."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    from riffstream.sinks import read_audio
+    from riffstream.spectrogram import audio_to_image
+
+    samples, sample_rate = read_audio(path)
+    if not np.any(samples):
+        raise RiffstreamError(f"{path} is silent: it cannot seed the clips")
+    pixels = np.asarray(audio_to_image(samples, sample_rate))
+    repeats = -(-width // pixels.shape[1])
+    return Image.fromarray(np.ascontiguousarray(np.tile(pixels, (1, repeats, 1))[:, :width]))
 
 
 def _load_model(args: argparse.Namespace):
@@ -372,7 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _conversion_parser() if argv and argv[0] in CONVERSIONS else _generation_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except argparse.ArgumentError as error:
+        print(f"riffstream: error: {error} (see riffstream --help)", file=sys.stderr)
+        return EXIT_ERROR
     run: Callable[[argparse.Namespace], None] = args.run
     try:
         run(args)

@@ -44,6 +44,8 @@ from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, clip
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher, overlap_frames
 
+#: Default img2img strength, as Riffusion's seed images used.
+DEFAULT_STRENGTH = 0.75
 #: Fade-in at the very start and fade-out at the very end, seconds: no click at either edge.
 EDGE_FADE = 0.01
 #: Live play loops the last clip when less than this much audio (seconds) is buffered.
@@ -126,6 +128,33 @@ class Stitcher:
         return tail
 
 
+def continuation_seed(previous, overlap: int):
+    """The image a continued clip starts from: the previous clip's last ``overlap`` columns
+    where the two clips overlap, then those columns mirrored, so the seed runs on without a
+    jump and keeps the previous clip's sound, for img2img to develop."""
+    from PIL import Image
+
+    pixels = np.asarray(previous.convert("RGB"))
+    width = pixels.shape[1]
+    tail = pixels[:, width - overlap :] if overlap else pixels[:, -1:]
+    mirrored = np.concatenate([tail, tail[:, ::-1]], axis=1)
+    repeats = -(-width // mirrored.shape[1])
+    return Image.fromarray(np.ascontiguousarray(np.tile(mirrored, (1, repeats, 1))[:, :width]))
+
+
+def keep_overlap(previous, image, overlap: int):
+    """``image`` with its first ``overlap`` columns replaced by the previous clip's last ones,
+    so that the two clips agree exactly where they are crossfaded."""
+    from PIL import Image
+
+    if not overlap:
+        return image
+    pixels = np.array(image.convert("RGB"))
+    before = np.asarray(previous.convert("RGB"))
+    pixels[:, :overlap] = before[:, before.shape[1] - overlap :]
+    return Image.fromarray(pixels)
+
+
 class RingBuffer:
     """A preallocated single-producer, single-consumer ring of float32 frames (frames, channels).
 
@@ -186,6 +215,12 @@ class StreamOptions:
     clips_per_transition: int = DEFAULT_CLIPS_PER_TRANSITION
     crossfade: float | None = None  # None: DEFAULT_CROSSFADE, or a quarter of a narrower clip
     loudness: float | None = DEFAULT_LOUDNESS
+    #: A spectrogram every clip starts from (img2img), e.g. of an audio loop, to lock the tempo.
+    init_image: object | None = None
+    #: How much of each clip img2img repaints: 1.0 ignores the init image.
+    strength: float = DEFAULT_STRENGTH
+    #: Start each clip from the end of the previous one (img2img), keeping the shared overlap.
+    continuation: bool = False
     duration: float | None = None
     save_spectrograms: Path | None = None
     prebuffer: float | None = None
@@ -233,6 +268,8 @@ def validate(options: StreamOptions, clip_width: int) -> None:
         raise RiffstreamError("steps must be 1 or more")
     if options.prebuffer is not None and options.prebuffer < 0:
         raise RiffstreamError("prebuffer must be 0 seconds or more")
+    if not 0 < options.strength <= 1:
+        raise RiffstreamError(f"strength must be more than 0 and at most 1, not {options.strength:g}")
 
 
 class Stream:
@@ -263,7 +300,8 @@ class Stream:
         rate = self.params.sample_rate
         self.clip_seconds = self.params.duration_of(self.clip_width)
         self.crossfade = crossfade_seconds(options, self.clip_width)
-        self.crossfade_frames = overlap_frames(self.params, self.crossfade) * self.params.hop_length
+        self.overlap_columns = overlap_frames(self.params, self.crossfade)
+        self.crossfade_frames = self.overlap_columns * self.params.hop_length
         self.edge_frames = round(EDGE_FADE * rate)
         self.total_clips = self.total_frames = None
         if options.duration is not None:
@@ -312,6 +350,7 @@ class Stream:
         model = self.model
         negative = model.encode_prompt(self.options.negative_prompt) if self.options.negative_prompt else None
         index = 0
+        previous = None
         while not self.stop_event.is_set() and (self.total_clips is None or index < self.total_clips):
             while not self.prompt_queue.empty():
                 prompt = self.prompt_queue.get()
@@ -323,15 +362,23 @@ class Stream:
             clip = self.journey.clip(index)
             embeds = lerp(model.encode_prompt(clip.prompt_a), model.encode_prompt(clip.prompt_b), clip.alpha)
             noise = slerp(self._noise(clip.seed_a), self._noise(clip.seed_b), clip.alpha)
+            init_image = self.options.init_image
+            if self.options.continuation and previous is not None:
+                init_image = continuation_seed(previous, self.overlap_columns)
             began = time.monotonic()
             marks = [began]
             generation = model.generate(
                 embeds, negative, noise, steps=self.steps, guidance=self.guidance,
+                init_image=init_image, strength=self.options.strength,
                 on_step=lambda i, n: (marks.append(time.monotonic()), self._check_stop(i, n)),
             )
             self.stats.denoise_seconds += marks[-1] - began
-            if not self._put(self._images, (clip, generation.image)):
+            image = generation.image
+            if self.options.continuation and previous is not None:
+                image = keep_overlap(previous, image, self.overlap_columns)
+            if not self._put(self._images, (clip, image)):
                 return
+            previous = image
             index += 1
         self._put(self._images, None)
 

@@ -135,6 +135,9 @@ def test_sigterm_mid_render_leaves_a_valid_file(tiny_exported, tmp_path):
     (["lofi", "--output-device", "no such device"], "--out FILE --no-play"),
     (["lofi", "--model", "OUT/no-such-model", "--no-play", "--out", "OUT/x.wav"], "model"),
     (["lofi", "--model", "tiny", "--device", "NPU9", "--no-play", "--out", "OUT/x.wav"], "device"),
+    (["lofi", "--init-audio", "OUT/missing.wav", "--no-play", "--out", "OUT/x.wav"], "no such audio"),
+    (["lofi", "--strength", "1.5", "--no-play", "--out", "OUT/x.wav"], "strength"),
+    (["lofi", "--loudness", "loud", "--no-play", "--out", "OUT/x.wav"], "loudness"),
 ])
 def test_bad_input_gets_one_line_and_leaves_nothing_behind(args, message, tmp_path, capsys):
     args = [a.replace("OUT", str(tmp_path)) for a in args]

@@ -208,3 +208,38 @@ def test_a_model_of_the_wrong_height_is_refused(tiny_model):
 def test_a_crossfade_longer_than_half_a_clip_is_refused(model):
     with pytest.raises(RiffstreamError, match="crossfade"):
         Stream(model, StreamOptions(prompts=("a",), crossfade=0.4, params=SpectrogramParams()))
+
+
+def _clip_images(model, tmp_path, name, duration=2.0, **options):
+    from riffstream.spectrogram import read_image
+
+    folder = tmp_path / name
+    _render(model, tmp_path / f"{name}.wav", duration, save_spectrograms=folder, crossfade=0.1, **options)
+    return [np.asarray(read_image(path)) for path in sorted(folder.glob("clip-*.png"))]
+
+
+def test_an_init_image_seeds_every_clip_reproducibly(model, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    seed_image = Image.fromarray(rng.integers(0, 255, (512, WIDTH, 3), dtype=np.uint8))
+    plain = _clip_images(model, tmp_path, "plain")
+    seeded = _clip_images(model, tmp_path, "seeded", init_image=seed_image, strength=0.5)
+    again = _clip_images(model, tmp_path, "again", init_image=seed_image, strength=0.5)
+    assert len(plain) == len(seeded) >= 3
+    assert all(not np.array_equal(a, b) for a, b in zip(plain, seeded))
+    assert all(np.array_equal(a, b) for a, b in zip(seeded, again))
+
+
+def test_continuation_keeps_each_clip_s_start_equal_to_the_previous_clip_s_end(model, tmp_path):
+    clips = _clip_images(model, tmp_path, "continued", continuation=True, strength=0.6)
+    overlap = 10  # 0.1 s crossfade = 10 columns
+    assert len(clips) >= 3
+    for before, after in zip(clips, clips[1:]):
+        np.testing.assert_array_equal(after[:, :overlap], before[:, -overlap:])
+        assert not np.array_equal(after[:, overlap:], before[:, overlap:])
+
+
+def test_a_strength_outside_0_to_1_is_refused(model):
+    with pytest.raises(RiffstreamError, match="strength"):
+        Stream(model, StreamOptions(prompts=("a",), strength=0.0, params=SpectrogramParams()))
