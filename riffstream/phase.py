@@ -35,7 +35,14 @@ import scipy.sparse.csgraph
 from PIL import Image
 
 from riffstream.errors import RiffstreamError
-from riffstream.spectrogram import SpectrogramParams, hann_window, mel_filterbank, mel_from_image, params_for_image
+from riffstream.spectrogram import (
+    SpectrogramParams,
+    analysis_params,
+    hann_window,
+    mel_filterbank,
+    mel_from_image,
+    params_for_image,
+)
 
 #: Fast Griffin-Lim iterations after PGHI. Fidelity levels off past about 16.
 DEFAULT_ITERATIONS = 16
@@ -59,8 +66,13 @@ class _Plan:
     inverse_mel: np.ndarray  # float32 (bins, mels): pseudo-inverse rows on the reconstruction grid
 
 
-@functools.lru_cache(maxsize=4)
 def _plan(params: SpectrogramParams) -> _Plan:
+    """The cached plan for ``params``; images differ only in max value share one."""
+    return _cached_plan(analysis_params(params))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_plan(params: SpectrogramParams) -> _Plan:
     filters = mel_filterbank(params)  # (mels, n_fft_padded // 2 + 1)
     ratio = params.n_fft / params.win_length
     if ratio != int(ratio):
@@ -251,7 +263,9 @@ def griffin_lim(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramPar
     plan = _plan(params)
     frames = magnitude.shape[1]
     held = 0 if held_phase is None else held_phase.shape[1]
-    estimate = magnitude * np.exp(1j * phase).astype(np.complex64)
+    estimate = np.empty(magnitude.shape, np.complex64)
+    estimate.real, estimate.imag = np.cos(phase, dtype=np.float32), np.sin(phase, dtype=np.float32)
+    estimate *= magnitude
     previous = None
     for _ in range(iterations):
         if held:

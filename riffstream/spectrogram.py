@@ -170,14 +170,22 @@ def _mel_to_hz(mels: np.ndarray, scale: str) -> np.ndarray:
     return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
 
 
-@functools.lru_cache(maxsize=8)
+def analysis_params(params: SpectrogramParams) -> SpectrogramParams:
+    """``params`` without the per-image max value: the key for caches of transforms."""
+    return dataclasses.replace(params, max_value=SpectrogramParams.max_value)
+
+
 def mel_filterbank(params: SpectrogramParams, n_fft: int | None = None) -> np.ndarray:
     """Triangular mel filters, shape (num_frequencies, n_fft // 2 + 1), float64.
 
     The same filters as torchaudio's ``melscale_fbanks`` (which Riffusion uses), evaluated
     on the bin frequencies of an ``n_fft``-point DFT (default: the params' padded FFT).
     """
-    n_fft = n_fft or params.n_fft
+    return _mel_filterbank(analysis_params(params), n_fft or params.n_fft)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_filterbank(params: SpectrogramParams, n_fft: int) -> np.ndarray:
     bin_freqs = np.linspace(0.0, params.sample_rate // 2, n_fft // 2 + 1)
     mel_points = np.linspace(
         _hz_to_mel(params.min_frequency, params.mel_scale_type),
