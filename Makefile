@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-ARGS ?= "lofi hip hop to smooth jazz" --model tiny --duration 30 --no-play --out riff.wav
+ARGS ?= "lofi hip hop to smooth jazz" --model tiny --steps 4 --duration 20 --no-play --out riff.wav
 
 .PHONY: run test bench clean
 
