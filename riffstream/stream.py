@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from riffstream.errors import RiffstreamError
 from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, clips_for_duration, lerp, slerp
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher, overlap_frames
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Default img2img strength, as Riffusion's seed images used.
 DEFAULT_STRENGTH = 0.75
@@ -128,7 +132,7 @@ class Stitcher:
         return tail
 
 
-def continuation_seed(previous, overlap: int):
+def continuation_seed(previous: Image.Image, overlap: int) -> Image.Image:
     """The image a continued clip starts from: the previous clip's last ``overlap`` columns
     where the two clips overlap, then those columns mirrored, so the seed runs on without a
     jump and keeps the previous clip's sound, for img2img to develop."""
@@ -142,7 +146,7 @@ def continuation_seed(previous, overlap: int):
     return Image.fromarray(np.ascontiguousarray(np.tile(mirrored, (1, repeats, 1))[:, :width]))
 
 
-def keep_overlap(previous, image, overlap: int):
+def keep_overlap(previous: Image.Image, image: Image.Image, overlap: int) -> Image.Image:
     """``image`` with its first ``overlap`` columns replaced by the previous clip's last ones,
     so that the two clips agree exactly where they are crossfaded."""
     from PIL import Image
@@ -216,7 +220,7 @@ class StreamOptions:
     crossfade: float | None = None  # None: DEFAULT_CROSSFADE, or a quarter of a narrower clip
     loudness: float | None = DEFAULT_LOUDNESS
     #: A spectrogram every clip starts from (img2img), e.g. of an audio loop, to lock the tempo.
-    init_image: object | None = None
+    init_image: Image.Image | None = None
     #: How much of each clip img2img repaints: 1.0 ignores the init image.
     strength: float = DEFAULT_STRENGTH
     #: Start each clip from the end of the previous one (img2img), keeping the shared overlap.
