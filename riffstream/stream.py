@@ -7,7 +7,7 @@ Three stages run at once, and this is the only module with threads:
 2. **Consumer** (thread): turns each image into audio and joins it to the previous clip
    with :class:`~riffstream.stitch.ClipStitcher` (phase continued across the overlap,
    correlation-aware equal-power crossfade, steady loudness), then writes it to the
-   output file and to the :class:`RingBuffer` (:class:`Stitcher` trims the stream to its
+   output file and to the :class:`RingBuffer` (:class:`StreamEnds` cuts the stream to its
    exact duration and fades its very edges).
 3. **Player** (PortAudio's thread, :class:`~riffstream.sinks.Player`): its callback only
    copies from the ring buffer; on underrun it plays silence and counts it.
@@ -66,52 +66,39 @@ class _Stopped(Exception):
     """Raised inside the model's step callback to abandon a clip when the stream stops."""
 
 
-def equal_power_fades(frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fade_out, fade_in) gains of an equal-power crossfade: cos and sin of a quarter turn."""
-    theta = (np.arange(frames, dtype=np.float64) + 0.5) / max(frames, 1) * (np.pi / 2)
-    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+class StreamEnds:
+    """Gives the stream its exact length and click-free ends, block by block.
 
-
-class Stitcher:
-    """Joins clips (channels, samples) into one continuous signal, block by block.
-
-    Consecutive clips overlap by ``crossfade`` samples with an equal-power crossfade; the
-    first clip fades in and the end fades out over ``edge_fade`` samples. ``push`` returns
-    the audio that is final so far (it holds back the end of the last clip for the next
-    crossfade); ``finish`` returns the rest. With ``total`` the output is exactly that many
-    samples long, and ends (with its fade-out) inside the push that reaches it.
+    The first ``edge_fade`` samples fade in and the last fade out. ``push`` returns the
+    samples that are final so far, holding back ``edge_fade`` of them for a fade-out that
+    may still come; ``finish`` returns the rest. With ``total`` the output is exactly that
+    many samples long, and ends (with its fade-out) inside the push that reaches it.
     """
 
-    def __init__(self, channels: int, crossfade: int, edge_fade: int, total: int | None = None) -> None:
-        self.channels, self.crossfade, self.edge_fade, self.total = channels, crossfade, edge_fade, total
-        self._hold = max(crossfade, edge_fade)
+    def __init__(self, channels: int, edge_fade: int, total: int | None = None) -> None:
+        self.channels, self.edge_fade, self.total = channels, edge_fade, total
         self._held: np.ndarray | None = None
-        self._fade_out, self._fade_in = equal_power_fades(crossfade)
         self.emitted = 0
         self.done = False
 
-    def _edge(self, frames: int) -> np.ndarray:
-        return (np.arange(1, frames + 1, dtype=np.float32) / np.float32(frames)) if frames else np.ones(0, np.float32)
+    def _ramp(self, frames: int) -> np.ndarray:
+        return np.arange(1, frames + 1, dtype=np.float32) / np.float32(max(frames, 1))
 
-    def push(self, clip: np.ndarray) -> np.ndarray:
-        """Add the next clip; returns the samples that are now final (channels, n)."""
-        clip = np.atleast_2d(np.asarray(clip, dtype=np.float32))
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Add the next block (channels, n); returns the samples that are now final."""
+        block = np.atleast_2d(np.asarray(block, dtype=np.float32))
         if self.done:
             return np.zeros((self.channels, 0), np.float32)
-        if clip.shape[1] < 2 * self._hold:
-            raise RiffstreamError(f"clips of {clip.shape[1]} samples are too short for a {self.crossfade}-sample crossfade")
         if self._held is None:
-            fade = min(self.edge_fade, clip.shape[1])
-            body = clip.copy()
-            body[:, :fade] *= self._edge(fade)
+            body = block.copy()
+            fade = min(self.edge_fade, body.shape[1])
+            body[:, :fade] *= self._ramp(fade)
         else:
-            c = self.crossfade
-            joined = self._held[:, self._held.shape[1] - c :] * self._fade_out + clip[:, :c] * self._fade_in
-            body = np.concatenate([self._held[:, : self._held.shape[1] - c], joined, clip[:, c:]], axis=1)
-        split = body.shape[1] - self._hold
-        ready, self._held = body[:, :split], body[:, split:]
+            body = np.concatenate([self._held, block], axis=1)
         if self.total is not None and self.emitted + body.shape[1] >= self.total:
             return self._end(body[:, : self.total - self.emitted])
+        split = max(0, body.shape[1] - self.edge_fade)
+        ready, self._held = body[:, :split], body[:, split:]
         self.emitted += ready.shape[1]
         return ready
 
@@ -126,7 +113,7 @@ class Stitcher:
         tail = tail.copy()
         fade = min(self.edge_fade, tail.shape[1])
         if fade:
-            tail[:, tail.shape[1] - fade :] *= self._edge(fade)[::-1]
+            tail[:, tail.shape[1] - fade :] *= self._ramp(fade)[::-1]
         self.emitted += tail.shape[1]
         self._held, self.done = None, True
         return tail
@@ -408,8 +395,8 @@ class Stream:
         # Live play joins the same clips, until a loop makes it differ from the file: from then
         # on it has a stitcher of its own (or shares the only one, when there is no file).
         live_clips: ClipStitcher | None = None
-        to_file = Stitcher(channels, 0, self.edge_frames, self.total_frames)
-        live = Stitcher(channels, 0, self.edge_frames, self.total_frames) if self.ring else None
+        to_file = StreamEnds(channels, self.edge_frames, self.total_frames)
+        live = StreamEnds(channels, self.edge_frames, self.total_frames) if self.ring else None
         last_image = None
         told_looping = False
         try:

@@ -12,7 +12,7 @@ from riffstream.errors import RiffstreamError
 from riffstream.planner import clips_for_duration
 from riffstream.sinks import AudioFileWriter
 from riffstream.spectrogram import SpectrogramParams
-from riffstream.stream import RingBuffer, Stitcher, Stream, StreamOptions, equal_power_fades
+from riffstream.stream import RingBuffer, Stream, StreamEnds, StreamOptions
 
 WIDTH = 64  # 0.64-s clips: the tiny model paints one in a fraction of a second
 RATE = 44100
@@ -32,46 +32,36 @@ def _ramp(n):
     return np.arange(1, n + 1, dtype=np.float32) / n
 
 
-def _reference(clips, crossfade, edge, total=None):
-    """Crossfaded concatenation of whole clips, built in one go (independent of Stitcher's blocks)."""
-    fade_out, fade_in = equal_power_fades(crossfade)
-    out = clips[0].copy()
+def _reference(clips, edge, total=None):
+    """The whole stream built in one go (independent of StreamEnds' blocks): edges faded, cut to total."""
+    out = np.concatenate(clips, axis=1)
     out[:, :edge] *= _ramp(edge)
-    for clip in clips[1:]:
-        head = out[:, out.shape[1] - crossfade:] * fade_out + clip[:, :crossfade] * fade_in
-        out = np.concatenate([out[:, : out.shape[1] - crossfade], head, clip[:, crossfade:]], axis=1)
     out = out[:, :total].copy()
     end = min(edge, out.shape[1])
     out[:, out.shape[1] - end:] *= _ramp(end)[::-1]
     return out
 
 
-def test_equal_power_crossfade_keeps_power_constant():
-    fade_out, fade_in = equal_power_fades(441)
-    np.testing.assert_allclose(fade_out**2 + fade_in**2, 1.0, atol=1e-6)
-    assert fade_out[0] > 0.99 and fade_in[-1] > 0.99
-
-
-@pytest.mark.parametrize("crossfade,edge", [(100, 10), (0, 10), (5, 50)])
-def test_stitching_block_by_block_equals_crossfading_whole_clips(crossfade, edge):
+@pytest.mark.parametrize("edge", [10, 50, 500])
+def test_blocks_pass_through_with_only_the_stream_edges_faded(edge):
     clips = _clips(6, channels=2)
-    out = _stitch(Stitcher(2, crossfade, edge), clips)
-    assert out.shape == (2, 6 * 1000 - 5 * crossfade)
-    np.testing.assert_allclose(out, _reference(clips, crossfade, edge), atol=1e-6)
+    out = _stitch(StreamEnds(2, edge), clips)
+    assert out.shape == (2, 6 * 1000)
+    np.testing.assert_allclose(out, _reference(clips, edge), atol=1e-6)
 
 
 @pytest.mark.parametrize("total", [1, 999, 1000, 1901, 2500, 4601])
 def test_a_total_gives_exactly_that_many_samples_with_a_fade_out(total):
-    clips = _clips(clips_for_duration(total, 1000, 100))
-    stitcher = Stitcher(1, 100, 10, total=total)
-    out = _stitch(stitcher, clips)
-    assert out.shape == (1, total) and stitcher.done
-    np.testing.assert_allclose(out, _reference(clips, 100, 10, total), atol=1e-6)
+    clips = _clips(clips_for_duration(total, 1000, 0))
+    ends = StreamEnds(1, 10, total=total)
+    out = _stitch(ends, clips)
+    assert out.shape == (1, total) and ends.done
+    np.testing.assert_allclose(out, _reference(clips, 10, total), atol=1e-6)
     assert abs(out[0, -1]) <= 0.5 / min(10, total) + 1e-6
 
 
 def test_stream_edges_fade_so_they_do_not_click():
-    out = _stitch(Stitcher(1, 50, 441), [np.ones((1, 5000), np.float32)] * 3)
+    out = _stitch(StreamEnds(1, 441), [np.ones((1, 5000), np.float32)] * 3)
     assert 0 < out[0, 0] < 0.01 and 0 < out[0, -1] < 0.01
     assert np.max(np.abs(np.diff(out[0, :442]))) < 0.01 and np.max(np.abs(np.diff(out[0, -442:]))) < 0.01
 
