@@ -31,28 +31,15 @@ import numpy as np  # noqa: E402
 import pyloudnorm  # noqa: E402
 import scipy.signal  # noqa: E402
 
-from riffstream import SpectrogramParams, audio_to_image  # noqa: E402
+from riffstream import SpectrogramParams  # noqa: E402
 from riffstream.phase import reconstruct  # noqa: E402
 from riffstream.spectrogram import mel_from_image, params_for_image  # noqa: E402
 from riffstream.stitch import DEFAULT_CROSSFADE, ClipStitcher, overlap_frames, stitched_length, true_peak  # noqa: E402
-from tests.realmusic import TRACKS, real_music  # noqa: E402
+from tests.realmusic import TRACKS, real_music, windows_as_images  # noqa: E402
 
 WIDTH = 512
 SEAM_ZONE = 0.25
 FAR = 1.0
-
-
-def windows_as_images(music: np.ndarray, params: SpectrogramParams, clips: int, overlap: int) -> list:
-    """512-column images of overlapping windows, each keeping its own EXIF (max value)."""
-    step = (WIDTH - overlap) * params.hop_length
-    images = []
-    for index in range(clips):
-        window = music[index * step : index * step + WIDTH * params.hop_length]
-        full = audio_to_image(window, params.sample_rate, params)
-        image = full.crop((0, 0, WIDTH, full.height))
-        image.getexif().update(full.getexif())
-        images.append(image)
-    return images
 
 
 def stitch_independently(images: list, params: SpectrogramParams, overlap: int) -> np.ndarray:
@@ -120,7 +107,7 @@ def main() -> None:
     loudness_rows = []
     for track in TRACKS:
         music = real_music(total / params.sample_rate + 0.1, 30.0, params.sample_rate, track)[:total]
-        images = windows_as_images(music, params, args.clips, overlap)
+        images = windows_as_images(music, params, args.clips, overlap, WIDTH)
         start = time.perf_counter()
         before = stitch_independently(images, params, overlap)
         after_stitcher = ClipStitcher(params, args.crossfade, loudness=None)

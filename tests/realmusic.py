@@ -63,3 +63,32 @@ def real_music(seconds: float, offset: float = 30.0, sample_rate: int = 44100, t
         divisor = math.gcd(rate, sample_rate)
         samples = scipy.signal.resample_poly(samples, sample_rate // divisor, rate // divisor)
     return samples[: int(round(seconds * sample_rate))]
+
+
+def music_or_skip(seconds: float, offset: float, track: str = TRACKS[0]) -> np.ndarray:
+    """``real_music`` for tests: skipped where the music cannot be fetched, but never in CI."""
+    import pytest
+
+    try:
+        return real_music(seconds, offset, track=track)
+    except MusicUnavailable as error:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(error))
+
+
+def windows_as_images(music: np.ndarray, params, clips: int, overlap: int, width: int = 512) -> list:
+    """``width``-column images of overlapping windows of ``music``, as the stream cuts its
+    clips: consecutive windows share ``overlap`` columns, and each image keeps its own EXIF
+    (its max value sets its loudness)."""
+    from riffstream.spectrogram import audio_to_image
+
+    step = (width - overlap) * params.hop_length
+    images = []
+    for index in range(clips):
+        window = music[index * step : index * step + width * params.hop_length]
+        full = audio_to_image(window, params.sample_rate, params)
+        image = full.crop((0, 0, width, full.height))
+        image.getexif().update(full.getexif())
+        images.append(image)
+    return images

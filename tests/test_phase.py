@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from riffstream import SpectrogramParams, audio_to_image, image_to_audio
 from riffstream.phase import griffin_lim, linear_from_mel, pghi_phase
 from riffstream.spectrogram import mel_from_audio, mel_from_image
 from tests.fidelity import spectral_convergence_db
-from tests.realmusic import MusicUnavailable, real_music
+from tests.realmusic import music_or_skip
 from tests.reference import reference_audio_from_mel
 
 PARAMS = SpectrogramParams()
@@ -20,12 +19,7 @@ PARAMS = SpectrogramParams()
 @pytest.fixture(scope="module")
 def music() -> np.ndarray:
     """5.12 s of real recorded music (fetched from Debian's asc-music package)."""
-    try:
-        return real_music(5.12, offset=20.0, track="frontiers")
-    except MusicUnavailable as error:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(error))
+    return music_or_skip(5.12, offset=20.0, track="frontiers")
 
 
 def test_a_512_pixel_image_gives_exactly_5_12_seconds_of_float32() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pyloudnorm
@@ -12,32 +11,15 @@ from PIL import Image
 from riffstream import SpectrogramParams, audio_to_image
 from riffstream.errors import RiffstreamError
 from riffstream.stitch import ClipStitcher, crossfade, overlap_frames, stitch_images, stitched_length, true_peak
-from tests.realmusic import MusicUnavailable, real_music
+from tests.realmusic import music_or_skip, windows_as_images
 
 PARAMS = SpectrogramParams()
 WIDTH = 512
 
 
-def windows(music: np.ndarray, clips: int, overlap: int) -> list[Image.Image]:
-    """512-column images of overlapping windows of ``music``, as the stream would cut it."""
-    step = (WIDTH - overlap) * PARAMS.hop_length
-    images = []
-    for index in range(clips):
-        full = audio_to_image(music[index * step : index * step + WIDTH * PARAMS.hop_length], 44100)
-        image = full.crop((0, 0, WIDTH, full.height))
-        image.getexif().update(full.getexif())
-        images.append(image)
-    return images
-
-
 @pytest.fixture(scope="module")
 def music() -> np.ndarray:
-    try:
-        return real_music(16.0, offset=30.0, track="frontiers")
-    except MusicUnavailable as error:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(error))
+    return music_or_skip(16.0, offset=30.0, track="frontiers")
 
 
 def seam_error_db(original: np.ndarray, stitched: np.ndarray, seams: list[int], near: bool) -> float:
@@ -76,7 +58,7 @@ def test_crossfade_of_identical_signals_is_transparent_and_of_unrelated_ones_kee
 
 def test_phase_continuation_makes_seams_like_the_interior_on_real_music(music: np.ndarray) -> None:
     overlap = overlap_frames(PARAMS, 0.5)
-    images = windows(music, 3, overlap)
+    images = windows_as_images(music, PARAMS, 3, overlap)
     step = (WIDTH - overlap) * PARAMS.hop_length
     seams = [k * step + overlap * PARAMS.hop_length // 2 for k in (1, 2)]
     joined = stitch_images(images, PARAMS, crossfade=0.5, loudness=None)[0]
@@ -91,7 +73,7 @@ def test_phase_continuation_makes_seams_like_the_interior_on_real_music(music: n
 def test_loudness_holds_minus_14_lufs_and_true_peak_under_minus_1_dbtp_on_real_music(music: np.ndarray) -> None:
     overlap = overlap_frames(PARAMS, 0.5)
     quiet = music * 0.05  # far too quiet on purpose
-    images = windows(quiet, 3, overlap)
+    images = windows_as_images(quiet, PARAMS, 3, overlap)
     audio = stitch_images(images, PARAMS, crossfade=0.5)[0]
     meter = pyloudnorm.Meter(44100)
     step = (WIDTH - overlap) * PARAMS.hop_length
