@@ -12,6 +12,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -q libportaudio2 || (apt-get update -q && apt-get install -y -q libportaudio2)) >/dev/null; \
 	  else echo "note: install PortAudio (Debian/Ubuntu: sudo apt-get install libportaudio2) for live playback"; fi; }
+	@# JACK's dummy driver plays at real-time pace with no sound card: the live-pacing test
+	@# needs it. Preseed "no realtime limits" so that jackd2's debconf question never asks.
+	@command -v jackd >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "jackd2 jackd/tweak_rt_limits boolean false" | debconf-set-selections 2>/dev/null; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    (apt-get install -y -q --no-install-recommends jackd2 || (apt-get update -q && apt-get install -y -q --no-install-recommends jackd2)) >/dev/null; \
+	  else echo "note: install JACK (Debian/Ubuntu: sudo apt-get install jackd2) for the live-pacing test"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[test]"

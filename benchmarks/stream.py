@@ -7,8 +7,11 @@ weight values. Reports, in one run:
 
 * time to first audio (from the start of the stream, model already loaded)
 * real-time factor (seconds of audio made per second of wall time)
-* the share of wall time spent outside the UNet's denoising loop: text encoding, VAE
-  decoding, and whatever of the audio stage does not overlap the model (target < 5%)
+* the share of wall time spent outside the UNet's denoising loops (target < 5%): over the
+  whole render, and in steady state (from the first denoising loop's start to the last
+  one's end: how long the UNet waited for anything else, text encoding, the VAE decoder or
+  the audio stage). A finite render always ends with one clip's VAE decode and audio after
+  the last UNet step; an endless stream has no end.
 * peak memory (RSS)
 
 Ends with one JSON line.
@@ -82,6 +85,8 @@ def main() -> None:
         wall = time.monotonic() - began
     stats = stream.stats
     outside = max(0.0, wall - stats.denoise_seconds) / wall
+    first, last = stats.denoise_span
+    steady = max(0.0, (last - first) - stats.denoise_seconds) / (last - first)
     report = {
         "model": name,
         "steps": args.steps,
@@ -93,11 +98,14 @@ def main() -> None:
         "time_to_first_audio_s": round(stats.first_audio or float("nan"), 2),
         "real_time_factor": round(stats.audio_seconds / wall, 4),
         "unet_s": round(stats.denoise_seconds, 2),
+        "vae_decode_s": round(stats.decode_seconds, 2),
         "outside_unet_share": round(outside, 4),
+        "outside_unet_share_steady": round(steady, 4),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
     }
     print(f"{report['audio_s']} s of audio in {report['wall_s']} s: {report['real_time_factor']}x real time; "
-          f"first audio after {report['time_to_first_audio_s']} s; {100 * outside:.1f}% of wall time outside the UNet; "
+          f"first audio after {report['time_to_first_audio_s']} s; {100 * outside:.1f}% of wall time outside the UNet "
+          f"({100 * steady:.1f}% in steady state); "
           f"peak RSS {report['peak_rss_gb']} GB", file=sys.stderr)
     print(json.dumps(report))
 

@@ -38,6 +38,11 @@ DEFAULT_STEPS = 20
 start to blur the spectrogram's harmonics, more add little (see README)."""
 DEFAULT_GUIDANCE = 7.0
 DEFAULT_SCHEDULER = "dpm++"
+DEFAULT_DECODER = "vae"
+TAESD = "taesd"
+TAESD_HUB_ID = "madebyollin/taesd"
+"""TAESD: a tiny distilled decoder for SD 1.x latents (about 1.2 M parameters against the VAE
+decoder's 49 M); it decodes a 512x512 clip with roughly 20x less arithmetic, a little softer."""
 TINY_MODEL = "tiny"
 QUANTIZATIONS = (None, "int8", "hybrid")
 DEVICES = ("CPU", "GPU", "AUTO")
@@ -87,6 +92,8 @@ class ModelOptions:
     quantization: str | None = None
     cache_dir: Path | None = None
     scheduler: str = DEFAULT_SCHEDULER
+    #: "vae" (the model's own decoder), "taesd", or a folder or hub id of a diffusers AutoencoderTiny.
+    decoder: str = DEFAULT_DECODER
 
 
 @dataclass
@@ -125,12 +132,12 @@ def _is_diffusers_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file() and (path / "unet" / "config.json").is_file()
 
 
-def _cache_entry(cache: Path, name: str, identity: str, quantization: str | None) -> Path:
-    """The cache folder for one model identity and quantisation variant."""
+def _cache_entry(cache: Path, name: str, identity: str, quantization: str | None, kind: str = "models") -> Path:
+    """The cache folder for one model identity and quantisation variant (``kind``: models or decoders)."""
     key = json.dumps({"model": identity, "export": EXPORT_VERSION}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-")[-60:]
-    return cache / "models" / f"{slug}-{digest}" / (quantization or "f32")
+    return cache / kind / f"{slug}-{digest}" / (quantization or "f32")
 
 
 def _is_complete(folder: Path) -> bool:
@@ -154,12 +161,12 @@ def _build_atomically(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def _download(model_id: str, revision: str | None, progress: bool) -> Path:
+def _download(model_id: str, revision: str | None, progress: bool, patterns: list[str] | None = None) -> Path:
     """Download a diffusers model from the Hugging Face Hub (or find it in the hub cache)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-    kwargs = dict(revision=revision, allow_patterns=_HUB_PATTERNS, ignore_patterns=_HUB_IGNORE)
+    kwargs = dict(revision=revision, allow_patterns=patterns or _HUB_PATTERNS, ignore_patterns=_HUB_IGNORE)
     try:
         return Path(snapshot_download(model_id, local_files_only=True, **kwargs))
     except Exception:
@@ -302,6 +309,68 @@ def resolve_ir(options: ModelOptions, progress: bool = True) -> Path:
     return _build_atomically(target, lambda tmp: _quantize(f32, tmp, options.quantization, options))
 
 
+def _export_decoder(source: Path, target: Path) -> None:
+    """Convert the decoder of a diffusers ``AutoencoderTiny`` folder to OpenVINO IR in ``target``.
+
+    optimum-intel cannot export a pipeline whose VAE is an AutoencoderTiny, so the decoder
+    alone is converted with OpenVINO's own ``convert_model`` (dynamic spatial shape).
+    """
+    import openvino as ov
+    from diffusers import AutoencoderTiny
+
+    log.info("Converting the tiny decoder %s to OpenVINO (once; cached in %s)", source, target)
+    try:
+        vae = AutoencoderTiny.from_pretrained(source).eval()
+    except (OSError, ValueError, TypeError) as e:
+        raise RiffstreamError(f"{source} is not a diffusers AutoencoderTiny (TAESD) decoder: {e}") from None
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ir = ov.convert_model(vae.decoder, example_input=torch.zeros(1, vae.config.latent_channels, 8, 8))
+    ir.reshape({0: [1, vae.config.latent_channels, -1, -1]})
+    ov.save_model(ir, target / "openvino_model.xml")
+
+
+def resolve_decoder(options: ModelOptions, progress: bool = True) -> Path | None:
+    """The OpenVINO IR (``openvino_model.xml``) of the tiny decoder ``options.decoder`` asks for,
+    converting it into the cache once; None for the model's own VAE decoder."""
+    decoder = options.decoder
+    if decoder == DEFAULT_DECODER:
+        return None
+    cache = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
+    path = Path(decoder).expanduser()
+    if decoder == TAESD and options.model == TINY_MODEL:
+        from riffstream.tiny_model import TINY_VERSION, build_tiny_decoder
+
+        name, identity = "taesd-tiny", f"taesd-tiny:v{TINY_VERSION}"
+
+        def source() -> Path:
+            return _build_atomically(cache / "sources" / f"taesd-tiny-v{TINY_VERSION}", build_tiny_decoder)
+
+    elif path.is_dir():
+        path = path.resolve()
+        name, identity = path.name, f"dir:{path}"
+
+        def source() -> Path:
+            return path
+
+    else:
+        hub_id = TAESD_HUB_ID if decoder == TAESD else decoder
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id) or hub_id.startswith((".", "~")):
+            raise RiffstreamError(
+                f"Decoder {decoder!r} is not 'vae', 'taesd', a folder or a Hugging Face Hub id (owner/name): check --decoder."
+            )
+        name, identity = hub_id, f"hub:{hub_id}"
+
+        def source() -> Path:
+            return _download(hub_id, None, progress, patterns=["config.json", "*.safetensors"])
+
+    target = _cache_entry(cache, name, identity, None, kind="decoders")
+    if not _is_complete(target):
+        src = source()
+        _build_atomically(target, lambda tmp: _export_decoder(src, tmp))
+    return target / "openvino_model.xml"
+
+
 # --------------------------------------------------------------------------- runtime
 
 
@@ -332,8 +401,9 @@ def _ov_config(options: ModelOptions, cache: Path) -> dict:
 class RiffusionModel:
     """A compiled Riffusion pipeline on OpenVINO, with the generation API the producer needs."""
 
-    def __init__(self, pipe, options: ModelOptions, is_tiny: bool):
+    def __init__(self, pipe, options: ModelOptions, is_tiny: bool, decoder=None):
         self._pipe = pipe
+        self._decoder = decoder  # a compiled tiny decoder (TAESD) replacing the VAE decoder, or None
         self.options = options
         self.is_tiny = is_tiny
         self.vae_scale_factor = pipe.vae_scale_factor
@@ -351,10 +421,11 @@ class RiffusionModel:
         if options.scheduler not in _SCHEDULERS:
             raise RiffstreamError(f"Unknown scheduler {options.scheduler!r}: use one of {', '.join(_SCHEDULERS)}.")
         _check_device(device)
-        return cls._from_ir(resolve_ir(options, progress), options)
+        decoder = resolve_decoder(options, progress)
+        return cls._from_ir(resolve_ir(options, progress), options, decoder=decoder)
 
     @classmethod
-    def _from_ir(cls, ir: Path, options: ModelOptions, reshape: bool = True) -> RiffusionModel:
+    def _from_ir(cls, ir: Path, options: ModelOptions, reshape: bool = True, decoder: Path | None = None) -> RiffusionModel:
         from optimum.intel import OVStableDiffusionPipeline
 
         cache = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
@@ -367,9 +438,17 @@ class RiffusionModel:
             # Static spatial shape, dynamic batch: CFG runs the UNet at batch 2, guidance <= 1 at batch 1.
             pipe.reshape(batch_size=-1, height=options.height, width=options.width, num_images_per_prompt=1)
         pipe.set_progress_bar_config(disable=True)
-        for part in (pipe.text_encoder, pipe.unet, pipe.vae_decoder):
+        compiled_decoder = None
+        if decoder is not None:
+            import openvino as ov
+
+            core = ov.Core()
+            tiny = core.read_model(decoder)
+            tiny.reshape({0: [1, tiny.input(0).get_partial_shape()[1], options.height // 8, options.width // 8]})
+            compiled_decoder = core.compile_model(tiny, options.device.upper(), _ov_config(options, cache))
+        for part in (pipe.text_encoder, pipe.unet) + ((pipe.vae_decoder,) if decoder is None else ()):
             part.compile()  # the VAE encoder compiles on first img2img use
-        return cls(pipe, options, is_tiny=options.model == TINY_MODEL)
+        return cls(pipe, options, is_tiny=options.model == TINY_MODEL, decoder=compiled_decoder)
 
     def encode_prompt(self, text: str) -> np.ndarray:
         """CLIP embeddings of ``text``, shape (1, 77, D) float32; cached per text (read-only array)."""
@@ -389,17 +468,19 @@ class RiffusionModel:
         cls = getattr(diffusers, _SCHEDULERS[self.options.scheduler])
         return cls.from_config(self._pipe.scheduler.config)
 
-    def _encode_image(self, image: PIL.Image.Image) -> torch.Tensor:
+    @torch.no_grad()
+    def encode_image(self, image: PIL.Image.Image) -> np.ndarray:
+        """The VAE latents of ``image`` (scaled as the UNet sees them), for img2img: (1, 4, H/8, W/8)."""
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
         pixels = self._pipe.image_processor.preprocess(
             image.convert("RGB"), height=self.options.height, width=self.options.width
         )
         latents = retrieve_latents(self._pipe.vae.encode(pixels.float()), sample_mode="argmax")
-        return latents * self._pipe.vae.config.scaling_factor
+        return (latents * self._pipe.vae.config.scaling_factor).numpy().astype(np.float32)
 
     @torch.no_grad()
-    def generate(
+    def denoise(
         self,
         prompt_embeds: np.ndarray,
         negative_prompt_embeds: np.ndarray | None = None,
@@ -407,18 +488,17 @@ class RiffusionModel:
         *,
         steps: int = DEFAULT_STEPS,
         guidance: float = DEFAULT_GUIDANCE,
-        init_image: PIL.Image.Image | None = None,
+        init_latents: np.ndarray | None = None,
         strength: float = 0.75,
         on_step: Callable[[int, int], None] | None = None,
-        return_latents: bool = False,
-    ) -> Generation:
-        """Denoise ``latents`` (the starting noise) into a spectrogram image.
+    ) -> np.ndarray:
+        """Denoise ``latents`` (the starting noise) into the latents of a spectrogram image.
 
-        With ``init_image`` this is img2img: the image is encoded, ``latents`` is the noise
-        added to it at ``strength``, and only the last ``strength`` fraction of the steps run.
-        ``negative_prompt_embeds`` (default: the empty prompt) is the unconditional branch of
-        classifier-free guidance, used when ``guidance > 1``. ``on_step(i, total)`` is called
-        after each step with the 0-based step index.
+        With ``init_latents`` (from :meth:`encode_image`) this is img2img: ``latents`` is the
+        noise added to them at ``strength``, and only the last ``strength`` fraction of the
+        steps run. ``negative_prompt_embeds`` (default: the empty prompt) is the unconditional
+        branch of classifier-free guidance, used when ``guidance > 1``. ``on_step(i, total)``
+        is called after each step with the 0-based step index.
         """
         pipe = self._pipe
         do_cfg = guidance > 1.0
@@ -435,7 +515,7 @@ class RiffusionModel:
         scheduler = self._scheduler()
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps
-        if init_image is not None:
+        if init_latents is not None:
             if not 0.0 < strength <= 1.0:
                 raise ValueError(f"strength must be in (0, 1], got {strength}")
             t_start = steps - min(int(steps * strength), steps)
@@ -451,12 +531,11 @@ class RiffusionModel:
         )
         if tuple(noise.shape) != self.latents_shape:
             raise ValueError(f"latents must have shape {self.latents_shape}, got {tuple(noise.shape)}")
-        if init_image is None:
+        if init_latents is None:
             x = noise * scheduler.init_noise_sigma
-        elif len(timesteps):
-            x = scheduler.add_noise(self._encode_image(init_image), noise, timesteps[:1])
         else:
-            x = self._encode_image(init_image)
+            image_latents = torch.from_numpy(np.ascontiguousarray(init_latents, dtype=np.float32))
+            x = scheduler.add_noise(image_latents, noise, timesteps[:1]) if len(timesteps) else image_latents
 
         # 4. Denoising loop
         total = len(timesteps)
@@ -470,8 +549,36 @@ class RiffusionModel:
             x = scheduler.step(noise_pred, t, x).prev_sample
             if on_step is not None:
                 on_step(i, total)
+        return x.numpy().copy()
 
-        # 5. Decode
-        decoded = pipe.vae.decode(x / pipe.vae.config.scaling_factor)[0]
-        image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
-        return Generation(image=image, latents=x.numpy().copy() if return_latents else None)
+    @torch.no_grad()
+    def decode(self, latents: np.ndarray) -> PIL.Image.Image:
+        """The spectrogram image the VAE decodes from denoised ``latents``."""
+        pipe = self._pipe
+        x = np.ascontiguousarray(latents, dtype=np.float32)
+        if self._decoder is not None:  # TAESD decodes the UNet's latents as they are, to [-1, 1]
+            decoded = torch.from_numpy(np.asarray(self._decoder(x)[0]))
+        else:
+            decoded = pipe.vae.decode(torch.from_numpy(x) / pipe.vae.config.scaling_factor)[0]
+        return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+
+    def generate(
+        self,
+        prompt_embeds: np.ndarray,
+        negative_prompt_embeds: np.ndarray | None = None,
+        latents: np.ndarray | None = None,
+        *,
+        steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE,
+        init_image: PIL.Image.Image | None = None,
+        strength: float = 0.75,
+        on_step: Callable[[int, int], None] | None = None,
+        return_latents: bool = False,
+    ) -> Generation:
+        """:meth:`encode_image` (img2img only), :meth:`denoise` and :meth:`decode` in one call."""
+        init_latents = self.encode_image(init_image) if init_image is not None else None
+        x = self.denoise(
+            prompt_embeds, negative_prompt_embeds, latents, steps=steps, guidance=guidance,
+            init_latents=init_latents, strength=strength, on_step=on_step,
+        )
+        return Generation(image=self.decode(x), latents=x if return_latents else None)

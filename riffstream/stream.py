@@ -1,20 +1,25 @@
 """The stream: model -> spectrogram images -> audio -> crossfade -> file and ring buffer -> sound card.
 
-Three stages run at once, and this is the only module with threads:
+Four stages run at once, and this is the only module with threads:
 
 1. **Producer** (thread): walks the :class:`~riffstream.planner.Journey`, lerping prompt
-   embeddings and slerping seed noise, and has the model paint one spectrogram per clip.
-2. **Consumer** (thread): turns each image into audio and joins it to the previous clip
+   embeddings and slerping seed noise, and has the model's UNet denoise one clip's latents.
+2. **Decoder** (thread): the VAE decodes each clip's latents into a spectrogram image while
+   the UNet already denoises the next clip, so the UNet never waits for the decoder or the
+   audio stage (on a small CPU the two share the cores; on a GPU the audio stage is free).
+3. **Consumer** (thread): turns each image into audio and joins it to the previous clip
    with :class:`~riffstream.stitch.ClipStitcher` (phase continued across the overlap,
    correlation-aware equal-power crossfade, steady loudness), then writes it to the
    output file and to the :class:`RingBuffer` (:class:`StreamEnds` cuts the stream to its
    exact duration and fades its very edges).
-3. **Player** (PortAudio's thread, :class:`~riffstream.sinks.Player`): its callback only
+4. **Player** (PortAudio's thread, :class:`~riffstream.sinks.Player`): its callback only
    copies from the ring buffer; on underrun it plays silence and counts it.
 
 The main thread (:meth:`Stream.run`) starts them, shows progress, decides when playing
 may start, and stops everything within a second on Ctrl-C or SIGTERM, leaving the
-output file valid with every finished clip in it.
+output file valid with every finished clip in it. Only the consumer writes the file; once
+:meth:`Stream.stop` returns it writes no more, so the caller may close the file. A model
+call in progress cannot be interrupted: its thread is left to end on its own, unused.
 
 When the model is slower than real time:
 
@@ -56,8 +61,8 @@ EDGE_FADE = 0.01
 LOW_WATER = 1.0
 #: Most audio (seconds) the live ring buffer holds ahead of the player.
 MAX_AHEAD = 600.0
-#: Spectrogram images waiting between producer and consumer.
-IMAGE_QUEUE = 2
+#: Clips waiting between stages (latents for the decoder, images for the consumer).
+QUEUE_CLIPS = 2
 #: How often (seconds) waiting threads look at the stop flag.
 POLL = 0.02
 
@@ -119,18 +124,20 @@ class StreamEnds:
         return tail
 
 
-def continuation_seed(previous: Image.Image, overlap: int) -> Image.Image:
-    """The image a continued clip starts from: the previous clip's last ``overlap`` columns
-    where the two clips overlap, then those columns mirrored, so the seed runs on without a
-    jump and keeps the previous clip's sound, for img2img to develop."""
-    from PIL import Image
+def continuation_seed(previous_latents: np.ndarray, overlap: int, scale: int = 8) -> np.ndarray:
+    """The latents a continued clip starts from (img2img): the previous clip's latent columns
+    under its last ``overlap`` image columns, then those columns mirrored, tiled to the clip's
+    width, so the seed runs on without a jump and keeps the previous clip's sound.
 
-    pixels = np.asarray(previous.convert("RGB"))
-    width = pixels.shape[1]
-    tail = pixels[:, width - overlap :] if overlap else pixels[:, -1:]
-    mirrored = np.concatenate([tail, tail[:, ::-1]], axis=1)
-    repeats = -(-width // mirrored.shape[1])
-    return Image.fromarray(np.ascontiguousarray(np.tile(mirrored, (1, repeats, 1))[:, :width]))
+    Working on latents rather than on the decoded image spares a VAE encode per clip and
+    lets the producer start the next clip before the decoder has painted this one.
+    """
+    width = previous_latents.shape[-1]
+    columns = min(width, max(1, -(-overlap // scale)))
+    tail = previous_latents[..., width - columns :]
+    mirrored = np.concatenate([tail, tail[..., ::-1]], axis=-1)
+    repeats = -(-width // mirrored.shape[-1])
+    return np.ascontiguousarray(np.tile(mirrored, repeats)[..., :width])
 
 
 def keep_overlap(previous: Image.Image, image: Image.Image, overlap: int) -> Image.Image:
@@ -220,13 +227,16 @@ class StreamOptions:
 
 @dataclass
 class StreamStats:
-    """Progress, updated by the stream's threads and read by anyone."""
+    """Progress, updated by the stream's threads and read by anyone (times are monotonic seconds)."""
 
     clips: int = 0
     audio_seconds: float = 0.0
     started: float = 0.0
     first_audio: float | None = None
+    #: Time spent in the UNet's denoising loops, and the span from the first loop's start to the last one's end.
     denoise_seconds: float = 0.0
+    denoise_span: tuple[float, float] | None = None
+    decode_seconds: float = 0.0
     loops: int = 0
     finished: bool = False
 
@@ -304,8 +314,11 @@ class Stream:
         self.stop_event = threading.Event()
         self.prompt_queue: queue.Queue[str] = queue.Queue()
         self.messages: queue.Queue[str] = queue.Queue()
-        self._images: queue.Queue = queue.Queue(maxsize=IMAGE_QUEUE)
+        self._latents: queue.Queue = queue.Queue(maxsize=QUEUE_CLIPS)
+        self._images: queue.Queue = queue.Queue(maxsize=QUEUE_CLIPS)
         self._error: BaseException | None = None
+        self._write_lock = threading.Lock()
+        self._writes_closed = False
         self.ring: RingBuffer | None = None
         self.player = None
         if player_factory is not None:
@@ -314,6 +327,7 @@ class Stream:
             self.player = player_factory(self.ring)
         self._threads = [
             threading.Thread(target=self._guard, args=(self._produce,), name="riffstream-producer", daemon=True),
+            threading.Thread(target=self._guard, args=(self._decode,), name="riffstream-decoder", daemon=True),
             threading.Thread(target=self._guard, args=(self._consume,), name="riffstream-consumer", daemon=True),
         ]
 
@@ -340,6 +354,7 @@ class Stream:
     def _produce(self) -> None:
         model = self.model
         negative = model.encode_prompt(self.options.negative_prompt) if self.options.negative_prompt else None
+        fixed_init = model.encode_image(self.options.init_image) if self.options.init_image is not None else None
         index = 0
         previous = None
         while not self.stop_event.is_set() and (self.total_clips is None or index < self.total_clips):
@@ -353,25 +368,49 @@ class Stream:
             clip = self.journey.clip(index)
             embeds = lerp(model.encode_prompt(clip.prompt_a), model.encode_prompt(clip.prompt_b), clip.alpha)
             noise = slerp(self._noise(clip.seed_a), self._noise(clip.seed_b), clip.alpha)
-            init_image = self.options.init_image
+            init_latents = fixed_init
             if self.options.continuation and previous is not None:
-                init_image = continuation_seed(previous, self.overlap_columns)
+                init_latents = continuation_seed(previous, self.overlap_columns, model.vae_scale_factor)
             began = time.monotonic()
             marks = [began]
-            generation = model.generate(
+            latents = model.denoise(
                 embeds, negative, noise, steps=self.steps, guidance=self.guidance,
-                init_image=init_image, strength=self.options.strength,
+                init_latents=init_latents, strength=self.options.strength,
                 on_step=lambda i, n: (marks.append(time.monotonic()), self._check_stop(i, n)),
             )
             self.stats.denoise_seconds += marks[-1] - began
-            image = generation.image
+            first = self.stats.denoise_span[0] if self.stats.denoise_span else began
+            self.stats.denoise_span = (first, marks[-1])
+            if not self._put(self._latents, (clip, latents)):
+                return
+            previous = latents
+            index += 1
+        self._put(self._latents, None)
+
+    # ------------------------------------------------------------------ decoder
+
+    def _decode(self) -> None:
+        previous = None
+        while (item := self._get(self._latents)) is not None:
+            clip, latents = item
+            began = time.monotonic()
+            image = self.model.decode(latents)
+            self.stats.decode_seconds += time.monotonic() - began
             if self.options.continuation and previous is not None:
                 image = keep_overlap(previous, image, self.overlap_columns)
             if not self._put(self._images, (clip, image)):
                 return
             previous = image
-            index += 1
         self._put(self._images, None)
+
+    def _get(self, source: queue.Queue):
+        """The next item, or None once the stream stops (or the stage before has ended)."""
+        while not self.stop_event.is_set():
+            try:
+                return source.get(timeout=POLL)
+            except queue.Empty:
+                continue
+        return None
 
     def _noise(self, seed: int) -> np.ndarray:
         from riffstream.model import noise_for_seed
@@ -428,9 +467,7 @@ class Stream:
                 if self.options.save_spectrograms is not None:
                     self._save_spectrogram(clip, image)
                 audio = clips.add(image)
-                rendered = to_file.push(audio)
-                if self.writer is not None:
-                    self.writer.write(rendered)
+                self._write(to_file.push(audio))
                 if live_clips is not None and live_clips is not clips:
                     audio = live_clips.add(image)
                 if live is not None and not self._feed_ring(live.push(audio)):
@@ -442,9 +479,8 @@ class Stream:
                     self.stats.first_audio = time.monotonic() - self.stats.started
         finally:
             tail = clips.finish()
-            rendered = np.concatenate([to_file.push(tail), to_file.finish()], axis=1) if tail.shape[1] else to_file.finish()
-            if self.writer is not None:
-                self.writer.write(rendered)
+            self._write(to_file.push(tail))
+            self._write(to_file.finish())
             if live is not None:
                 live_tail = tail if live_clips is None or live_clips is clips else live_clips.finish()
                 if live_tail.shape[1]:
@@ -454,6 +490,11 @@ class Stream:
             self.stats.finished = True
             if self.ring is not None:
                 self.ring.closed = True
+
+    def _write(self, audio: np.ndarray) -> None:
+        with self._write_lock:
+            if self.writer is not None and not self._writes_closed and audio.shape[1]:
+                self.writer.write(audio)
 
     def _feed_ring(self, audio: np.ndarray) -> bool:
         return self.ring.write(np.ascontiguousarray(audio.T), self.stop_event)
@@ -494,7 +535,7 @@ class Stream:
         return ahead >= needed
 
     def start(self) -> None:
-        """Start the producer and consumer threads."""
+        """Start the producer, decoder and consumer threads."""
         if self.options.save_spectrograms is not None:
             self.options.save_spectrograms.mkdir(parents=True, exist_ok=True)
         self.stats.started = time.monotonic()
@@ -502,12 +543,19 @@ class Stream:
             thread.start()
 
     def stop(self, timeout: float = 1.0) -> bool:
-        """Stop every thread and the player; True if all ended within ``timeout`` seconds."""
+        """Stop every thread and the player; True if all ended within ``timeout`` seconds.
+
+        The consumer is joined first, as it flushes the last finished audio to the file; after
+        this returns nothing more is written, so the file can be closed even if a thread is
+        still inside a model call (which cannot be interrupted; it ends unused).
+        """
         self.stop_event.set()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in reversed(self._threads):
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        with self._write_lock:
+            self._writes_closed = True
         if self.player is not None:
             self.player.close()
         return not any(thread.is_alive() for thread in self._threads)

@@ -129,3 +129,17 @@ def build_tiny_pipeline(folder: Path) -> Path:
     )
     pipeline.save_pretrained(folder)
     return folder
+
+
+def build_tiny_decoder(folder: Path) -> Path:
+    """Build a tiny random-weight TAESD-shaped ``AutoencoderTiny`` (8x upsampling) in ``folder``."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(SEED + 3)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    ).save_pretrained(folder)
+    return Path(folder)

@@ -276,3 +276,29 @@ def test_hybrid_quantization_offline(tiny_model, monkeypatch):
     assert "FakeQuantize" in unet_xml  # activations quantised, not only weights
     result = model.generate(model.encode_prompt("x"), latents=noise_for_seed(0, model.latents_shape), steps=2)
     assert result.image.size == (TINY_SIZE, TINY_SIZE)
+
+
+def test_taesd_decoder_matches_diffusers_autoencoder_tiny(tiny_model):
+    from diffusers import AutoencoderTiny
+
+    options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, decoder="taesd",
+                           cache_dir=tiny_model.options.cache_dir)
+    model = RiffusionModel.load(options, progress=False)
+    latents = model.denoise(model.encode_prompt("x"), latents=noise_for_seed(1, model.latents_shape), steps=2)
+    ours = model.decode(latents)
+    source = tiny_model.options.cache_dir / "sources" / f"taesd-tiny-v{tm.TINY_VERSION}"
+    with torch.no_grad():
+        decoded = AutoencoderTiny.from_pretrained(source).decode(torch.from_numpy(latents)).sample
+    theirs = model._pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+    assert ours.size == (TINY_SIZE, TINY_SIZE)
+    _assert_close(ours, theirs)
+    assert not np.array_equal(_pixels(ours), _pixels(tiny_model.decode(latents)))
+
+
+@pytest.mark.parametrize("decoder", ["not a decoder!", "/no/such/decoder/folder"])
+def test_a_bad_decoder_is_a_one_line_error(decoder, tiny_model, tmp_path):
+    options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, decoder=decoder,
+                           cache_dir=tiny_model.options.cache_dir)
+    with pytest.raises(RiffstreamError) as excinfo:
+        RiffusionModel.load(options, progress=False)
+    assert "decoder" in _one_line_error(excinfo).lower()

@@ -233,3 +233,31 @@ def test_continuation_keeps_each_clip_s_start_equal_to_the_previous_clip_s_end(m
 def test_a_strength_outside_0_to_1_is_refused(model):
     with pytest.raises(RiffstreamError, match="strength"):
         Stream(model, StreamOptions(prompts=("a",), strength=0.0, params=SpectrogramParams()))
+
+
+def test_nothing_is_written_after_stop_returns_so_the_file_can_be_closed(model, tmp_path):
+    opts = StreamOptions(prompts=("lofi",), seed=2, steps=1, crossfade=0.1)
+    writer = AudioFileWriter(tmp_path / "race.wav", RATE, 1)
+    stream = Stream(model, opts, writer)
+    stream.start()
+    deadline = time.monotonic() + 60
+    while stream.stats.clips < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stream.stop(timeout=0.0)  # the consumer may still be running: it must not write any more
+    writer.close()
+    for thread in stream._threads:
+        thread.join(30)
+    assert stream._error is None, repr(stream._error)
+    audio, _ = soundfile.read(tmp_path / "race.wav")
+    assert len(audio) >= WIDTH * 441
+
+
+def test_a_continued_clip_starts_from_the_previous_latents_tail_mirrored():
+    from riffstream.stream import continuation_seed
+
+    previous = np.random.default_rng(0).standard_normal((1, 4, 64, 16)).astype(np.float32)
+    seed = continuation_seed(previous, overlap=20, scale=8)  # 20 columns: the last 3 latent columns
+    assert seed.shape == previous.shape
+    np.testing.assert_array_equal(seed[..., :3], previous[..., -3:])
+    np.testing.assert_array_equal(seed[..., 3:6], previous[..., -3:][..., ::-1])
+    np.testing.assert_array_equal(seed[..., 6:9], previous[..., -3:])

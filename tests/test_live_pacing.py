@@ -1,0 +1,232 @@
+"""Endless live play when the model is slower than real time, on a sound card with a real clock.
+
+ALSA's null device swallows audio instantly, so it cannot show what happens when the
+model falls behind. JACK's ``dummy`` driver plays at real-time pace with no hardware: a
+private ``jackd`` (its own server name, selected with ``JACK_DEFAULT_SERVER``) is started
+for each test, and the command plays into it through Debian's PortAudio, whose JACK host
+API shows the server as the output device ``system, JACK Audio Connection Kit``.
+
+PortAudio enumerates its host APIs when it initialises, so the playing side is a fresh
+process started after jackd is up: the real ``riffstream`` command line, whose ``Player``
+is given a source that also records, into a memory-mapped file, every frame the ring
+buffer handed to the sound card (real samples, copied after the real ``read_into``).
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import numpy as np
+import pytest
+import soundfile
+
+RATE = 44100
+WIDTH = 64  # 0.64-s clips
+CLIP = WIDTH * 441
+CROSSFADE = round(min(1.0, WIDTH / 100 / 4) * 100) * 441  # the default for narrow clips: 0.16 s
+#: Each clip adds 0.48 s of new audio (0.64 s less the 0.16-s crossfade).
+NEW_PER_CLIP = (CLIP - CROSSFADE) / RATE
+#: Denoising steps per clip, on one inference thread (so that the speed depends on a core's
+#: speed, not on how many there are, and the audio thread and the player keep a core).
+#: Measured on this 2-core machine: the tiny model at 512 x 64 takes about 0.064 s a step on
+#: one thread (0.042 s on two) and the audio stage 0.07 s a clip, when the machine is idle;
+#: about 1.7 s a clip, 3.4 times slower than real time, and slower still when it is busy.
+STEPS = 24
+THREADS = 1
+#: Seconds of live play before Ctrl-C, counted from the first audio ...
+PLAY = 5.0
+#: ... and at least this many clips made, so that several repeats end in a new clip.
+CLIPS = 3
+#: Longest recording (seconds) the driver keeps of what was played.
+RECORD = 120
+JACK_DEVICE = "JACK Audio Connection Kit"  # the JACK host API's name: matches only its device
+
+JACKD = shutil.which("jackd")
+JACK_WAIT = shutil.which("jack_wait")
+
+#: The real command line, with a Player that records what it takes from the ring buffer.
+DRIVER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import riffstream.sinks as sinks
+    from riffstream import cli
+
+    samples = np.lib.format.open_memmap(sys.argv[1], mode="w+", dtype=np.float32, shape=(int(sys.argv[2]),))
+    # first read, last read (time.monotonic), frames read, reads, short reads, frame of the first short read
+    head = np.lib.format.open_memmap(sys.argv[3], mode="w+", dtype=np.float64, shape=(6,))
+    head[5] = -1
+
+    class RecordingSource:
+        def __init__(self, source):
+            self._source = source
+
+        def __getattr__(self, name):
+            return getattr(self._source, name)
+
+        def read_into(self, out):
+            copied = self._source.read_into(out)
+            now = time.monotonic()
+            done = int(head[2])
+            keep = max(0, min(copied, len(samples) - done))
+            samples[done:done + keep] = out[:keep, 0]
+            if head[3] == 0:
+                head[0] = now
+            if copied < len(out) and not self._source.closed:
+                head[4] += 1
+                if head[5] < 0:
+                    head[5] = done + copied
+            head[1], head[2], head[3] = now, done + copied, head[3] + 1
+            return copied
+
+    class RecordingPlayer(sinks.Player):
+        def __init__(self, source, *args, **kwargs):
+            super().__init__(RecordingSource(source), *args, **kwargs)
+
+    sinks.Player = RecordingPlayer
+    sys.argv = ["riffstream", *sys.argv[4:]]
+    sys.exit(cli.main())
+""")
+
+
+@pytest.fixture
+def jack_server(tmp_path):
+    """A private jackd on the dummy driver at 44.1 kHz; yields the environment that selects it."""
+    if JACKD is None:
+        pytest.skip("jackd is not installed (Debian: apt-get install jackd2; `make test` installs it when run as root)")
+    name = f"riffstream-test-{uuid.uuid4().hex[:12]}"
+    env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_AUDIO_RESERVATION="1", HF_HUB_OFFLINE="1")
+    log = open(tmp_path / "jackd.log", "w+b")
+    server = subprocess.Popen([JACKD, "--no-realtime", "--name", name, "-d", "dummy", "-r", str(RATE), "-p", "1024"],
+                              env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if server.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"jackd exited with {server.returncode}: {log.read().decode(errors='replace')}")
+            if JACK_WAIT is not None:
+                up = subprocess.run([JACK_WAIT, "--server", name, "--check"], env=env, capture_output=True, text=True)
+                if up.stdout.strip() == "running":
+                    break
+            elif glob.glob(f"/dev/shm/jack_{name}_*"):  # the server's shared memory, where jack_wait is missing
+                break
+            assert time.monotonic() < deadline, "jackd did not come up within 15 s"
+            time.sleep(0.1)
+        yield env
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        for left in glob.glob(f"/dev/shm/jack*_{name}_*"):  # a killed jackd leaves its shared memory
+            os.unlink(left)
+
+
+def _records(folder):
+    path = folder / "clips.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _head(path):
+    """The driver's counters, once it has written them (None before)."""
+    try:
+        return np.load(path, mmap_mode="r").copy()
+    except (OSError, ValueError):
+        return None
+
+
+def _above_hearing_band(audio, cutoff=13000.0):
+    """``audio`` high-passed at ``cutoff``. The stream's spectrograms end at 10 kHz, so all
+    that shows up there is a discontinuity: a click, a gap, a hard cut."""
+    from scipy import signal
+
+    sos = signal.butter(8, cutoff, "highpass", fs=RATE, output="sos")
+    return signal.sosfiltfilt(sos, np.asarray(audio, np.float64))
+
+
+def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_time(tiny_exported, jack_server, tmp_path):
+    out, spec = tmp_path / "endless.wav", tmp_path / "spec"
+    played, head_path = tmp_path / "played.npy", tmp_path / "head.npy"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    process = subprocess.Popen(
+        [sys.executable, str(driver), str(played), str(RECORD * RATE), str(head_path),
+         "lofi", "--seed", "3", "--model", "tiny", "--width", str(WIDTH), "--steps", str(STEPS), "--threads", str(THREADS),
+         "--no-progress",
+         "--cache-dir", str(tiny_exported), "--out", str(out), "--save-spectrograms", str(spec),
+         "--output-device", JACK_DEVICE],
+        env=jack_server, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while (head := _head(head_path)) is None or head[3] == 0:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "nothing was played within 120 s"
+            time.sleep(0.05)
+        time.sleep(PLAY)
+        while len(_records(spec)) < CLIPS:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, f"fewer than {CLIPS} clips within 120 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        process.wait(timeout=10)
+        stopped_in = time.monotonic() - interrupted
+    finally:
+        process.kill()
+    stderr = process.stderr.read().decode()
+    first, last, frames, reads, short_reads, first_short = np.load(head_path)
+    frames = int(frames)
+    live = np.load(played, mmap_mode="r")[:frames].copy()
+    pngs = sorted(spec.glob("clip-*.png"))
+    made = np.diff([p.stat().st_mtime for p in pngs])  # wall time between consecutive clips
+    print(stderr)
+    print(f"played {frames / RATE:.2f} s in {last - first:.2f} s of wall time; {len(pngs)} clips, "
+          f"{', '.join(f'{t:.2f}' for t in made)} s apart; stopped {stopped_in:.2f} s after Ctrl-C")
+
+    # Ctrl-C: out within a second, with the shell's status for SIGINT, no traceback.
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stopped_in < 1.0, stderr
+
+    # It played on the JACK server, at the pace of a real clock, not as fast as it could.
+    assert "playing on system" in stderr
+    assert frames / RATE == pytest.approx(last - first, rel=0.1, abs=0.2)
+    assert frames / RATE > PLAY - 0.5
+
+    # The model was slower than real time: each clip took longer to make than the audio it adds.
+    assert len(pngs) >= CLIPS and min(made) > NEW_PER_CLIP, made
+
+    # So the stream looped the last clip, and the sound card never ran dry once it started.
+    assert "looping the last clip until the next one is ready" in stderr
+    summary = [line for line in stderr.splitlines() if line.startswith("riffstream: made ")]
+    assert len(summary) == 1, stderr
+    assert "; 0 underruns;" in summary[0], summary
+    assert "looped the last clip " in summary[0], summary
+    assert short_reads == 0, f"the ring buffer ran dry {short_reads:g} times, first at {first_short / RATE:.2f} s"
+
+    # The file holds the generated clips only, none of the live repeats.
+    clips = len(_records(spec))
+    assert clips == len(pngs)
+    audio, rate = soundfile.read(out, dtype="float32")
+    assert rate == RATE
+    assert audio.shape == (clips * (CLIP - CROSSFADE) + CROSSFADE,)
+    assert audio.size < frames - 2 * RATE
+    # Until the first repeat, what played is what was written (the recording is the real audio).
+    np.testing.assert_allclose(live[: CLIP - CROSSFADE - 441], audio[: CLIP - CROSSFADE - 441], atol=1.5 / 32768)
+
+    # And the repeats and the clips that ended them joined without a click, gap or dip.
+    edge = 2048  # the stream's fade-in and the filter's own edges
+    clicks = np.abs(_above_hearing_band(live))[edge:-edge]
+    assert clicks.max() < 1e-3, f"a click at {(edge + np.argmax(clicks)) / RATE:.3f} s: {clicks.max():.2g}"
+    window = RATE // 20
+    level = np.sqrt(np.mean(live[edge: edge + (frames - 2 * edge) // window * window].reshape(-1, window) ** 2, axis=1))
+    assert level.min() > level.mean() / 3, f"a dip at {(edge + np.argmin(level) * window) / RATE:.2f} s"
