@@ -34,6 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _build_taesd(folder: Path) -> None:
+    """Save a random-weight AutoencoderTiny of TAESD's real size (diffusers' default config)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny().save_pretrained(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["auto", "full", "tiny"], default="auto",
@@ -42,13 +51,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--decoder", choices=["vae", "taesd"], default="vae",
+                        help="taesd: a random-weight TAESD of the real size decodes instead of the VAE")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args()
 
     import warnings
 
     warnings.filterwarnings("ignore")
-    from riffstream.model import ModelOptions, RiffusionModel, _is_complete, _cache_entry, default_cache_dir
+    from riffstream.model import (ModelOptions, RiffusionModel, _build_atomically, _cache_entry, _is_complete,
+                                  default_cache_dir)
     from riffstream.sinks import AudioFileWriter
     from riffstream.stream import Stream, StreamOptions
 
@@ -62,10 +74,12 @@ def main() -> None:
         from model_step import source_folder
 
         source_folder(bench)
-        options = ModelOptions(model=str(source), width=args.width, cache_dir=bench)
+        decoder = str(_build_atomically(bench / "sources" / "taesd-random-v1", _build_taesd)) \
+            if args.decoder == "taesd" else "vae"
+        options = ModelOptions(model=str(source), width=args.width, cache_dir=bench, decoder=decoder)
         name = "sd15-random (full size)"
     else:
-        options = ModelOptions(model="tiny", width=args.width, cache_dir=cache)
+        options = ModelOptions(model="tiny", width=args.width, cache_dir=cache, decoder=args.decoder)
         name = "tiny (random weights; noise)"
 
     began = time.monotonic()
@@ -89,6 +103,7 @@ def main() -> None:
     steady = max(0.0, (last - first) - stats.denoise_seconds) / (last - first)
     report = {
         "model": name,
+        "decoder": args.decoder,
         "steps": args.steps,
         "clips": stats.clips,
         "clip_width": args.width,

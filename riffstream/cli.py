@@ -147,7 +147,7 @@ OUT.png (see riffstream image-to-audio --help).
 
 
 def _generation_parser() -> argparse.ArgumentParser:
-    from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_SCHEDULER, DEFAULT_STEPS
+    from riffstream.model import DEFAULT_DECODER, DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_SCHEDULER, DEFAULT_STEPS
     from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
     from riffstream.stream import DEFAULT_STRENGTH
 
@@ -205,6 +205,10 @@ def _generation_parser() -> argparse.ArgumentParser:
     quant.add_argument("--hybrid", action="store_const", const="hybrid", dest="quantization",
                        help="hybrid int8 quantisation of the UNet (calibrated once on built-in prompts, cached)")
     model.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="dpm++, ddim, pndm, euler or lms (default: %(default)s)")
+    model.add_argument("--decoder", default=DEFAULT_DECODER,
+                       help="latents to image: 'vae' (the model's own, most faithful), 'taesd' (madebyollin/taesd: "
+                            "about 14x faster, a little softer), or a folder or Hub id of a diffusers "
+                            "AutoencoderTiny (default: %(default)s)")
     model.add_argument("--cache-dir", metavar="DIR", help="where exported models are cached "
                                                           "(default: $RIFFSTREAM_CACHE or the user cache dir)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -300,7 +304,7 @@ def _load_model(args: argparse.Namespace):
 
     options = ModelOptions(
         model=args.model, revision=args.revision, device=args.device, threads=args.threads, height=512,
-        width=args.width, quantization=args.quantization, scheduler=args.scheduler,
+        width=args.width, quantization=args.quantization, scheduler=args.scheduler, decoder=args.decoder,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     print(f"riffstream: loading {args.model} ...", file=sys.stderr)
     began = time.monotonic()

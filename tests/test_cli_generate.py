@@ -118,6 +118,18 @@ def test_sigterm_mid_render_leaves_a_valid_file(tiny_exported, tmp_path):
     assert audio.shape == (clips * (CLIP - overlap) + overlap,)
 
 
+def test_the_taesd_decoder_renders_the_exact_duration(tiny_exported, tmp_path):
+    out = tmp_path / "taesd.flac"
+    result = subprocess.run(
+        _command(tiny_exported, "lofi to jazz", "--duration", "1.5", "--seed", "3", "--no-play", "--out", str(out),
+                 "--decoder", "taesd"),
+        env=_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    rendered, rate = soundfile.read(out, dtype="float32")
+    assert rate == RATE and rendered.shape == (int(1.5 * RATE),)
+    assert np.sqrt(np.mean(rendered**2)) > 1e-3
+
+
 # ---------------------------------------------------------------- bad input: one line, non-zero, nothing written
 
 
@@ -135,6 +147,7 @@ def test_sigterm_mid_render_leaves_a_valid_file(tiny_exported, tmp_path):
     (["lofi", "--output-device", "no such device"], "--out FILE --no-play"),
     (["lofi", "--model", "OUT/no-such-model", "--no-play", "--out", "OUT/x.wav"], "model"),
     (["lofi", "--model", "tiny", "--device", "NPU9", "--no-play", "--out", "OUT/x.wav"], "device"),
+    (["lofi", "--model", "tiny", "--decoder", "not a decoder!", "--no-play", "--out", "OUT/x.wav"], "--decoder"),
     (["lofi", "--init-audio", "OUT/missing.wav", "--no-play", "--out", "OUT/x.wav"], "no such audio"),
     (["lofi", "--strength", "1.5", "--no-play", "--out", "OUT/x.wav"], "strength"),
     (["lofi", "--loudness", "loud", "--no-play", "--out", "OUT/x.wav"], "loudness"),
@@ -167,5 +180,5 @@ def test_help_documents_the_options(capsys):
     text = capsys.readouterr().out
     for option in ("--out", "--no-play", "--duration", "--seed", "--steps", "--guidance", "--negative-prompt",
                    "--clips-per-transition", "--crossfade", "--model", "--device", "--int8", "--save-spectrograms",
-                   "--output-device", "--list-devices", "image-to-audio"):
+                   "--output-device", "--list-devices", "--decoder", "image-to-audio"):
         assert option in text

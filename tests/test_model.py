@@ -295,8 +295,9 @@ def test_taesd_decoder_matches_diffusers_autoencoder_tiny(tiny_model):
     assert not np.array_equal(_pixels(ours), _pixels(tiny_model.decode(latents)))
 
 
-@pytest.mark.parametrize("decoder", ["not a decoder!", "/no/such/decoder/folder"])
-def test_a_bad_decoder_is_a_one_line_error(decoder, tiny_model, tmp_path):
+@pytest.mark.parametrize("decoder", ["not a decoder!", "/no/such/decoder/folder", "nobody/no-such-decoder"])
+def test_a_bad_decoder_is_a_one_line_error(decoder, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id cannot be fetched here: the error must say so in one line
     options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, decoder=decoder,
                            cache_dir=tiny_model.options.cache_dir)
     with pytest.raises(RiffstreamError) as excinfo:
