@@ -154,18 +154,22 @@ def _above_hearing_band(audio, cutoff=13000.0):
     return signal.sosfiltfilt(sos, np.asarray(audio, np.float64))
 
 
+def _play(folder, cache, env, *args):
+    """Start the recording driver on the real command line, playing into the JACK server."""
+    driver = folder / "driver.py"
+    driver.write_text(DRIVER)
+    return subprocess.Popen(
+        [sys.executable, str(driver), str(folder / "played.npy"), str(RECORD * RATE), str(folder / "head.npy"),
+         *args, "--model", "tiny", "--width", str(WIDTH), "--steps", str(STEPS), "--threads", str(THREADS),
+         "--no-progress", "--cache-dir", str(cache), "--output-device", JACK_DEVICE],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_time(tiny_exported, jack_server, tmp_path):
     out, spec = tmp_path / "endless.wav", tmp_path / "spec"
     played, head_path = tmp_path / "played.npy", tmp_path / "head.npy"
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    process = subprocess.Popen(
-        [sys.executable, str(driver), str(played), str(RECORD * RATE), str(head_path),
-         "lofi", "--seed", "3", "--model", "tiny", "--width", str(WIDTH), "--steps", str(STEPS), "--threads", str(THREADS),
-         "--no-progress",
-         "--cache-dir", str(tiny_exported), "--out", str(out), "--save-spectrograms", str(spec),
-         "--output-device", JACK_DEVICE],
-        env=jack_server, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = _play(tmp_path, tiny_exported, jack_server, "lofi", "--seed", "3", "--out", str(out),
+                    "--save-spectrograms", str(spec))
     try:
         deadline = time.monotonic() + 120
         while (head := _head(head_path)) is None or head[3] == 0:
@@ -230,3 +234,38 @@ def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_ti
     window = RATE // 20
     level = np.sqrt(np.mean(live[edge: edge + (frames - 2 * edge) // window * window].reshape(-1, window) ** 2, axis=1))
     assert level.min() > level.mean() / 3, f"a dip at {(edge + np.argmin(level) * window) / RATE:.2f} s"
+
+
+def test_a_finite_render_starts_playing_early_enough_to_never_run_dry(tiny_exported, jack_server, tmp_path):
+    duration = 6.0
+    out, spec = tmp_path / "journey.wav", tmp_path / "spec"
+    process = _play(tmp_path, tiny_exported, jack_server, "lofi to jazz", "--seed", "5", "--duration", str(duration),
+                    "--out", str(out), "--save-spectrograms", str(spec))
+    try:
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    stderr = stderr.decode()
+    print(stderr)
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr
+    first, last, frames, reads, short_reads, first_short = np.load(tmp_path / "head.npy")
+    pngs = sorted(spec.glob("clip-*.png"))
+    made = np.diff([p.stat().st_mtime for p in pngs])
+    wall = time.time() - time.monotonic()  # monotonic to the files' wall-clock times
+    started, rendered = first + wall, pngs[-1].stat().st_mtime
+
+    # The model was slower than real time, and playing started before the render was done ...
+    assert min(made) > NEW_PER_CLIP, made
+    assert started < rendered - 1.0, f"playing started {started - rendered:.2f} s after the last clip was made"
+    # ... yet late enough that the sound card never ran dry, and no repeat was needed.
+    assert short_reads == 0, f"the ring buffer ran dry {short_reads:g} times, first at {first_short / RATE:.2f} s"
+    summary = [line for line in stderr.splitlines() if line.startswith("riffstream: made ")]
+    assert len(summary) == 1 and summary[0].endswith("; 0 underruns"), stderr
+    assert "looping" not in stderr
+    # It played the whole journey, exactly the file, at the pace of a real clock.
+    audio, rate = soundfile.read(out, dtype="float32")
+    assert rate == RATE and audio.shape == (round(duration * RATE),)
+    assert int(frames) == audio.size
+    live = np.load(tmp_path / "played.npy", mmap_mode="r")[: audio.size]
+    np.testing.assert_allclose(live, audio, atol=1.5 / 32768)
+    assert last - first == pytest.approx(duration, rel=0.1)
