@@ -431,11 +431,22 @@ class RiffusionModel:
         from optimum.intel import OVStableDiffusionPipeline
 
         cache = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
+        # Offline, optimum-intel 2.2 looks for an exported folder as if it were a hub id, fails on
+        # a path and logs that it "could not infer" whether it is exported: the folder is, so drop that.
+        optimum_log = logging.getLogger("optimum.intel.openvino.modeling_base")
+
+        def keep(record: logging.LogRecord) -> bool:
+            return not record.getMessage().startswith("Could not infer whether")
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pipe = OVStableDiffusionPipeline.from_pretrained(
-                ir, device=options.device.upper(), ov_config=_ov_config(options, cache), compile=False
-            )
+            optimum_log.addFilter(keep)
+            try:
+                pipe = OVStableDiffusionPipeline.from_pretrained(
+                    ir, device=options.device.upper(), ov_config=_ov_config(options, cache), compile=False
+                )
+            finally:
+                optimum_log.removeFilter(keep)
         if reshape:
             # Static spatial shape, dynamic batch: CFG runs the UNet at batch 2, guidance <= 1 at batch 1.
             pipe.reshape(batch_size=-1, height=options.height, width=options.width, num_images_per_prompt=1)
