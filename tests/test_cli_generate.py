@@ -4,7 +4,6 @@ Live playback goes to ALSA's ``file`` plugin through a ``.asoundrc`` under a tem
 which captures exactly the float32 samples PortAudio played.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import soundfile
 
 from riffstream.cli import main
 from riffstream.stitch import DEFAULT_CROSSFADE
+from tests.running import clip_records, wait_for
 
 WIDTH = 64
 RATE = 44100
@@ -33,21 +33,6 @@ def _env(home=None):
     if home is not None:
         env["HOME"] = str(home)
     return env
-
-
-def _wait_for(predicate, timeout, process):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
-def _records(folder):
-    path = folder / "clips.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_live_output_equals_the_rendered_file(tiny_exported, tmp_path):
@@ -75,10 +60,10 @@ def test_a_typed_prompt_queues_a_transition_and_ctrl_c_keeps_a_valid_file(tiny_e
                  "--clips-per-transition", "2", "--crossfade", "0.1"),
         env=_env(), stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        _wait_for(lambda: len(_records(spec)) >= 1, 180, process)
+        wait_for(lambda: len(clip_records(spec)) >= 1, 180, process)
         process.stdin.write(b"smooth jazz\n")
         process.stdin.flush()
-        _wait_for(lambda: any(r["prompt_a"] == "smooth jazz" for r in _records(spec)), 60, process)
+        wait_for(lambda: any(r["prompt_a"] == "smooth jazz" for r in clip_records(spec)), 60, process)
         process.send_signal(signal.SIGINT)
         began = time.monotonic()
         process.wait(timeout=10)
@@ -89,7 +74,7 @@ def test_a_typed_prompt_queues_a_transition_and_ctrl_c_keeps_a_valid_file(tiny_e
     assert process.returncode == 130, stderr
     assert stopped_in < 2.0 and "Traceback" not in stderr
     assert "queued a transition to 'smooth jazz'" in stderr
-    records = _records(spec)
+    records = clip_records(spec)
     to_jazz = [r["alpha"] for r in records if r["prompt_b"] == "smooth jazz" and r["prompt_a"] == "lofi"]
     assert to_jazz == [0.5, 1.0]
     audio, rate = soundfile.read(out)
@@ -105,7 +90,7 @@ def test_sigterm_mid_render_leaves_a_valid_file(tiny_exported, tmp_path):
                  "--save-spectrograms", str(spec)),
         env=_env(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        _wait_for(lambda: len(_records(spec)) >= 3, 180, process)
+        wait_for(lambda: len(clip_records(spec)) >= 3, 180, process)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
     finally:
@@ -113,7 +98,7 @@ def test_sigterm_mid_render_leaves_a_valid_file(tiny_exported, tmp_path):
     stderr = process.stderr.read().decode()
     assert process.returncode == 143 and "Traceback" not in stderr, stderr
     audio, rate = soundfile.read(out)
-    clips = len(_records(spec))
+    clips = len(clip_records(spec))
     overlap = round(min(DEFAULT_CROSSFADE, WIDTH / 100 / 4) * 100) * 441  # the default for narrow clips
     assert audio.shape == (clips * (CLIP - overlap) + overlap,)
 

@@ -13,7 +13,6 @@ buffer handed to the sound card (real samples, copied after the real ``read_into
 """
 
 import glob
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,8 @@ import uuid
 import numpy as np
 import pytest
 import soundfile
+
+from tests.running import clip_records, wait_for
 
 RATE = 44100
 WIDTH = 64  # 0.64-s clips
@@ -132,11 +133,6 @@ def jack_server(tmp_path):
             os.unlink(left)
 
 
-def _records(folder):
-    path = folder / "clips.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _head(path):
     """The driver's counters, once it has written them (None before)."""
     try:
@@ -172,15 +168,9 @@ def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_ti
                     "--save-spectrograms", str(spec))
     try:
         deadline = time.monotonic() + 120
-        while (head := _head(head_path)) is None or head[3] == 0:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "nothing was played within 120 s"
-            time.sleep(0.05)
+        wait_for(lambda: (head := _head(head_path)) is not None and head[3] > 0, 120, process, "the first audio")
         time.sleep(PLAY)
-        while len(_records(spec)) < CLIPS:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, f"fewer than {CLIPS} clips within 120 s"
-            time.sleep(0.05)
+        wait_for(lambda: len(clip_records(spec)) >= CLIPS, deadline - time.monotonic(), process, f"{CLIPS} clips")
         process.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
         process.wait(timeout=10)
@@ -218,7 +208,7 @@ def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_ti
     assert short_reads == 0, f"the ring buffer ran dry {short_reads:g} times, first at {first_short / RATE:.2f} s"
 
     # The file holds the generated clips only, none of the live repeats.
-    clips = len(_records(spec))
+    clips = len(clip_records(spec))
     assert clips == len(pngs)
     audio, rate = soundfile.read(out, dtype="float32")
     assert rate == RATE
