@@ -36,15 +36,15 @@ def peak_rss_gb() -> float:
 
 
 def build_sd15(folder: Path) -> None:
-    """Save a random-weight pipeline with SD 1.5's exact configs to ``folder``."""
+    """Save a random-weight checkpoint with SD 1.5's exact configs to ``folder``, laid out as
+    ``riffusion/riffusion-model-v1`` is published (``.bin`` weights, safety checker named)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from riffstream.tiny_model import _write_tokenizer
+    from riffstream.model.tiny import write_byte_tokenizer, write_riffusion_layout
 
-    _write_tokenizer(folder / "tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    vocab = write_byte_tokenizer(folder / "tokenizer")
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
     vae = AutoencoderKL(
@@ -64,35 +64,25 @@ def build_sd15(folder: Path) -> None:
             num_attention_heads=12,
             max_position_embeddings=77,
             hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
         )
     )
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True)
-    StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(folder)
+    write_riffusion_layout(folder, unet, vae, text_encoder)
 
 
 def source_folder(cache: Path) -> Path:
-    from riffstream.model import _build_atomically
+    from riffstream.model.store import build_atomically
 
-    return _build_atomically(cache / "sources" / "sd15-random-v1", build_sd15)
+    return build_atomically(cache / "sources" / "sd15-random-v2", build_sd15)
 
 
 def options(cache: Path, quantization=None):
     from riffstream.model import ModelOptions
 
     return ModelOptions(
-        model=str(cache / "sources" / "sd15-random-v1"),
+        model=str(cache / "sources" / "sd15-random-v2"),
         height=HEIGHT,
         width=WIDTH,
         quantization=quantization,
@@ -104,7 +94,7 @@ def options(cache: Path, quantization=None):
 
 
 def phase_prepare(cache: Path, quantization: str | None) -> dict:
-    import riffstream.model as rm
+    import riffstream.model.store as rm
 
     # Tiny calibration for the benchmark: latency does not depend on calibration quality.
     rm.CALIBRATION_PROMPTS = rm.CALIBRATION_PROMPTS[:2]

@@ -59,22 +59,22 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from riffstream.model import (ModelOptions, RiffusionModel, _build_atomically, _cache_entry, _is_complete,
-                                  default_cache_dir)
+    from riffstream.model import ModelOptions, RiffusionModel, default_cache_dir
+    from riffstream.model.store import build_atomically, cache_entry, is_complete
     from riffstream.sinks import AudioFileWriter
     from riffstream.stream import Stream, StreamOptions
 
     cache = (args.cache_dir or default_cache_dir()).expanduser()
     bench = cache / "bench"
-    source = bench / "sources" / "sd15-random-v1"
-    full_ready = _is_complete(_cache_entry(bench, source.name, f"dir:{source.resolve()}", None))
+    source = bench / "sources" / "sd15-random-v2"
+    full_ready = is_complete(cache_entry(bench, source.name, f"dir:{source.resolve()}", None))
     use_full = args.model == "full" or (args.model == "auto" and (full_ready or args.build))
     if use_full:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from model_step import source_folder
 
         source_folder(bench)
-        decoder = str(_build_atomically(bench / "sources" / "taesd-random-v1", _build_taesd)) \
+        decoder = str(build_atomically(bench / "sources" / "taesd-random-v1", _build_taesd)) \
             if args.decoder == "taesd" else "vae"
         options = ModelOptions(model=str(source), width=args.width, cache_dir=bench, decoder=decoder)
         name = "sd15-random (full size)"

@@ -93,8 +93,9 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _conversion_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="riffstream", exit_on_error=False, description="Convert between audio and spectrogram images.")
+def _subcommand_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="riffstream", exit_on_error=False,
+                                     description="Convert between audio and spectrogram images, or fetch a model.")
     commands = parser.add_subparsers(dest="command", required=True)
     to_audio = commands.add_parser(
         "image-to-audio", help="turn Riffusion spectrogram images into audio",
@@ -116,10 +117,20 @@ def _conversion_parser() -> argparse.ArgumentParser:
     to_image.add_argument("output", help="image to write (.png); a longer clip makes a wider image")
     to_image.add_argument("--stereo", action="store_true", help="keep two channels (G and B)")
     to_image.set_defaults(run=_audio_to_image)
+    download = commands.add_parser(
+        "download", help="fetch and export a model ahead of time, to play offline later",
+        description="Fetch a model from the Hugging Face Hub (only the files the pipeline runs, into the Hugging "
+                    "Face cache), check it for updates, and export it to OpenVINO once, so that later starts need "
+                    "no network and no export.")
+    download.add_argument("model", nargs="?", help="Hugging Face id, local diffusers folder or 'tiny' "
+                                                   "(default: the --model default)")
+    _add_model_options(download.add_argument_group("model"), model_help=argparse.SUPPRESS)
+    download.add_argument("--no-progress", action="store_true", help="no progress bar")
+    download.set_defaults(run=_download)
     return parser
 
 
-CONVERSIONS = ("image-to-audio", "audio-to-image")
+SUBCOMMANDS = ("image-to-audio", "audio-to-image", "download")
 
 
 class Terminated(KeyboardInterrupt):
@@ -146,8 +157,32 @@ OUT.png (see riffstream image-to-audio --help).
 """
 
 
+def _add_model_options(group, model_help: str | None = None) -> None:
+    """The options that choose and convert the model, shared by generation and ``download``."""
+    from riffstream.model import DEFAULT_DECODER, DEFAULT_MODEL, DEFAULT_SCHEDULER
+
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help=model_help or "Hugging Face id, local diffusers or OpenVINO folder, or 'tiny' (offline "
+                                          "random-weight test model: its output is noise) (default: %(default)s)")
+    group.add_argument("--revision", help="model revision on the Hub: branch, tag or commit (default: main)")
+    group.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or AUTO (default: %(default)s)")
+    group.add_argument("--threads", type=int, help="inference threads (default: OpenVINO's choice)")
+    quant = group.add_mutually_exclusive_group()
+    quant.add_argument("--int8", action="store_const", const="int8", dest="quantization",
+                       help="8-bit weight compression (exported once, cached)")
+    quant.add_argument("--hybrid", action="store_const", const="hybrid", dest="quantization",
+                       help="hybrid int8 quantisation of the UNet (calibrated once on built-in prompts, cached)")
+    group.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="dpm++, ddim, pndm, euler or lms (default: %(default)s)")
+    group.add_argument("--decoder", default=DEFAULT_DECODER,
+                       help="latents to image: 'vae' (the model's own, most faithful), 'taesd' (madebyollin/taesd: "
+                            "about 14x faster, a little softer), or a folder or Hub id of a diffusers "
+                            "AutoencoderTiny (default: %(default)s)")
+    group.add_argument("--cache-dir", metavar="DIR", help="where exported models are cached "
+                                                          "(default: $RIFFSTREAM_CACHE or the user cache dir)")
+
+
 def _generation_parser() -> argparse.ArgumentParser:
-    from riffstream.model import DEFAULT_DECODER, DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_SCHEDULER, DEFAULT_STEPS
+    from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
     from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
     from riffstream.stream import DEFAULT_STRENGTH
 
@@ -192,25 +227,10 @@ def _generation_parser() -> argparse.ArgumentParser:
                      help="how much of the init image img2img repaints, 0..1 (default: %(default)s)")
     gen.add_argument("--width", type=int, default=512, metavar="PIXELS",
                      help="clip width; 100 pixels per second (default: %(default)s = 5.12 s; multiple of 8)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default=DEFAULT_MODEL,
-                       help="Hugging Face id, local diffusers or OpenVINO folder, or 'tiny' (offline random-weight "
-                            "test model: its output is noise) (default: %(default)s)")
-    model.add_argument("--revision", help="model revision on the Hub")
-    model.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or AUTO (default: %(default)s)")
-    model.add_argument("--threads", type=int, help="inference threads (default: OpenVINO's choice)")
-    quant = model.add_mutually_exclusive_group()
-    quant.add_argument("--int8", action="store_const", const="int8", dest="quantization",
-                       help="8-bit weight compression (exported once, cached)")
-    quant.add_argument("--hybrid", action="store_const", const="hybrid", dest="quantization",
-                       help="hybrid int8 quantisation of the UNet (calibrated once on built-in prompts, cached)")
-    model.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="dpm++, ddim, pndm, euler or lms (default: %(default)s)")
-    model.add_argument("--decoder", default=DEFAULT_DECODER,
-                       help="latents to image: 'vae' (the model's own, most faithful), 'taesd' (madebyollin/taesd: "
-                            "about 14x faster, a little softer), or a folder or Hub id of a diffusers "
-                            "AutoencoderTiny (default: %(default)s)")
-    model.add_argument("--cache-dir", metavar="DIR", help="where exported models are cached "
-                                                          "(default: $RIFFSTREAM_CACHE or the user cache dir)")
+    _add_model_options(parser.add_argument_group("model"))
+    parser.add_argument("--fallback-model", metavar="MODEL",
+                        help="if --model is neither cached nor reachable on the Hub (no network), use MODEL instead "
+                             "and say so (make run falls back to 'tiny')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=_generate)
     return parser
@@ -251,8 +271,6 @@ def _generate(args: argparse.Namespace) -> None:
         raise RiffstreamError("--no-play needs --out FILE: otherwise there is nothing to do")
     if args.width <= 0 or args.width % 8:
         raise RiffstreamError(f"--width must be a positive multiple of 8, not {args.width}")
-    if args.threads is not None and args.threads < 1:
-        raise RiffstreamError("--threads must be 1 or more")
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     spectrograms = Path(args.save_spectrograms) if args.save_spectrograms else None
     params = SpectrogramParams()
@@ -276,7 +294,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     model = _load_model(args)
     if model.is_tiny:
-        print("riffstream: note: --model tiny is a random-weight test model: its output is noise, not music",
+        print("riffstream: note: the tiny model has random weights: its output is noise, not music",
               file=sys.stderr)
     _stream(args, model, options, device_name)
 
@@ -298,18 +316,47 @@ def _init_image(path: str | None, width: int):
     return Image.fromarray(np.ascontiguousarray(np.tile(pixels, (1, repeats, 1))[:, :width]))
 
 
+def _model_options(args: argparse.Namespace, model: str):
+    from riffstream.model import ModelOptions
+
+    if args.threads is not None and args.threads < 1:
+        raise RiffstreamError("--threads must be 1 or more")
+    return ModelOptions(
+        model=model, revision=args.revision, device=args.device, threads=args.threads, height=512,
+        width=getattr(args, "width", 512), quantization=args.quantization, scheduler=args.scheduler,
+        decoder=args.decoder, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+
+
+def _report_store_progress() -> None:
+    """Show the model store's few progress lines (downloading, exporting, cached where) on stderr."""
+    import logging
+
+    log = logging.getLogger("riffstream.model")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("riffstream: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def _load_model(args: argparse.Namespace):
     _quiet_libraries()
-    from riffstream.model import ModelOptions, RiffusionModel
+    _report_store_progress()
+    from riffstream.model import RiffusionModel
+    from riffstream.model.hub import HubUnreachable
 
-    options = ModelOptions(
-        model=args.model, revision=args.revision, device=args.device, threads=args.threads, height=512,
-        width=args.width, quantization=args.quantization, scheduler=args.scheduler, decoder=args.decoder,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    options = _model_options(args, args.model)
     print(f"riffstream: loading {args.model} ...", file=sys.stderr)
     began = time.monotonic()
     try:
-        model = RiffusionModel.load(options, progress=not args.no_progress)
+        try:
+            model = RiffusionModel.load(options, progress=not args.no_progress)
+        except HubUnreachable as error:
+            if not args.fallback_model or args.fallback_model == args.model:
+                raise
+            print(f"riffstream: note: {error} Using {args.fallback_model} instead.", file=sys.stderr)
+            model = RiffusionModel.load(_model_options(args, args.fallback_model), progress=not args.no_progress)
     except (RiffstreamError, KeyboardInterrupt):
         raise
     except Exception as error:
@@ -317,6 +364,28 @@ def _load_model(args: argparse.Namespace):
         raise RiffstreamError(f"cannot load model {args.model!r}: {detail[:300]}") from None
     print(f"riffstream: model ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
     return model
+
+
+def _download(args: argparse.Namespace) -> None:
+    _quiet_libraries()
+    _report_store_progress()
+    from riffstream.model import DEFAULT_MODEL, TINY_MODEL
+    from riffstream.model.store import resolve_decoder, resolve_ir
+
+    name = args.model or DEFAULT_MODEL
+    options = _model_options(args, name)
+    began = time.monotonic()
+    try:
+        ir = resolve_ir(options, progress=not args.no_progress, refresh=True)
+        resolve_decoder(options, progress=not args.no_progress)
+    except (RiffstreamError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise RiffstreamError(f"cannot prepare model {name!r}: {detail[:300]}") from None
+    play = f'riffstream "lofi to jazz"' + ("" if name == DEFAULT_MODEL else f" --model {name}")
+    note = " (a random-weight test model: noise, not music)" if name == TINY_MODEL else ""
+    print(f"ready in {time.monotonic() - began:.1f} s: {name}{note} is exported in {ir}; it now plays offline: {play}")
 
 
 def _stream(args: argparse.Namespace, model, options, device_name: str | None) -> None:
@@ -400,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _conversion_parser() if argv and argv[0] in CONVERSIONS else _generation_parser()
+    parser = _subcommand_parser() if argv and argv[0] in SUBCOMMANDS else _generation_parser()
     try:
         args = parser.parse_args(argv)
     except argparse.ArgumentError as error:

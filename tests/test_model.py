@@ -12,8 +12,8 @@ import PIL.Image
 import pytest
 import torch
 
-import riffstream.model as rm
-import riffstream.tiny_model as tm
+import riffstream.model.store as store
+import riffstream.model.tiny as tm
 from riffstream.errors import RiffstreamError
 from riffstream.model import ModelOptions, RiffusionModel, noise_for_seed
 from tests.conftest import TINY_SIZE
@@ -42,8 +42,8 @@ def torch_pipes(model_cache_dir, tiny_model):
     """The diffusers PyTorch txt2img and img2img pipelines on the same tiny weights."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    source = model_cache_dir / "sources" / f"tiny-v{tm.TINY_VERSION}"
-    txt2img = StableDiffusionPipeline.from_pretrained(source)
+    source = store.cache_entry(model_cache_dir, "tiny", f"tiny:v{tm.TINY_VERSION}", "diffusers", kind="sources")
+    txt2img = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, feature_extractor=None)
     txt2img.scheduler = DPMSolverMultistepScheduler.from_config(txt2img.scheduler.config)
     txt2img.set_progress_bar_config(disable=True)
     img2img = StableDiffusionImg2ImgPipeline(**txt2img.components)
@@ -169,7 +169,7 @@ def test_encode_prompt_is_cached(tiny_model, monkeypatch):
 
 
 def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
-    ir = rm.resolve_ir(tiny_model.options)
+    ir = store.resolve_ir(tiny_model.options)
     xml = ir / "unet" / "openvino_model.xml"
     mtime = xml.stat().st_mtime_ns
     blobs = list((model_cache_dir / "ov_compiled").glob("*.blob"))
@@ -178,7 +178,7 @@ def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(rm, "_export", fail)
+    monkeypatch.setattr(store, "_export", fail)
     monkeypatch.setattr(tm, "build_tiny_pipeline", fail)
     again = RiffusionModel.load(tiny_model.options, progress=False)
     assert xml.stat().st_mtime_ns == mtime
@@ -192,17 +192,17 @@ def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
 
 
 def test_exported_folder_loads_directly(tiny_model, monkeypatch):
-    ir = rm.resolve_ir(tiny_model.options)
-    monkeypatch.setattr(rm, "_export", lambda *a, **k: pytest.fail("exported an exported folder"))
+    ir = store.resolve_ir(tiny_model.options)
+    monkeypatch.setattr(store, "_export", lambda *a, **k: pytest.fail("exported an exported folder"))
     options = ModelOptions(model=str(ir), height=TINY_SIZE, width=TINY_SIZE, cache_dir=tiny_model.options.cache_dir)
-    assert rm.resolve_ir(options) == ir.resolve()
+    assert store.resolve_ir(options) == ir.resolve()
     assert not RiffusionModel.load(options, progress=False).is_tiny
 
 
 def test_tiny_weights_are_reproducible(tmp_path):
     first = tm.build_tiny_pipeline(tmp_path / "a")
     second = tm.build_tiny_pipeline(tmp_path / "b")
-    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+    for part in ("unet/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.bin", "text_encoder/pytorch_model.bin"):
         assert (first / part).read_bytes() == (second / part).read_bytes()
 
 
@@ -211,7 +211,7 @@ def test_int8_variant_is_cached_separately(tiny_model):
         model="tiny", height=TINY_SIZE, width=TINY_SIZE, quantization="int8", cache_dir=tiny_model.options.cache_dir
     )
     model = RiffusionModel.load(options, progress=False)
-    assert rm.resolve_ir(options) != rm.resolve_ir(tiny_model.options)
+    assert store.resolve_ir(options) != store.resolve_ir(tiny_model.options)
     result = model.generate(model.encode_prompt("x"), latents=noise_for_seed(0, model.latents_shape), steps=2)
     assert result.image.size == (TINY_SIZE, TINY_SIZE)
 
@@ -238,7 +238,7 @@ def test_hub_model_offline_without_cache_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(RiffstreamError) as excinfo:
         RiffusionModel.load(ModelOptions(model="riffstream-test/not-cached", cache_dir=tmp_path), progress=False)
     message = _one_line_error(excinfo)
-    assert "huggingface-cli download riffstream-test/not-cached" in message and "--model" in message
+    assert "riffstream download riffstream-test/not-cached" in message and "--model" in message
     assert time.monotonic() - start < 30
 
 
@@ -266,13 +266,13 @@ def test_bad_options_are_one_line_errors(tmp_path):
 
 def test_hybrid_quantization_offline(tiny_model, monkeypatch):
     # Calibrated on the built-in music prompts (cut down here for speed): no dataset download.
-    monkeypatch.setattr(rm, "CALIBRATION_PROMPTS", rm.CALIBRATION_PROMPTS[:2])
-    monkeypatch.setattr(rm, "CALIBRATION_STEPS", 2)
+    monkeypatch.setattr(store, "CALIBRATION_PROMPTS", store.CALIBRATION_PROMPTS[:2])
+    monkeypatch.setattr(store, "CALIBRATION_STEPS", 2)
     options = ModelOptions(
         model="tiny", height=TINY_SIZE, width=TINY_SIZE, quantization="hybrid", cache_dir=tiny_model.options.cache_dir
     )
     model = RiffusionModel.load(options, progress=False)
-    unet_xml = (rm.resolve_ir(options) / "unet" / "openvino_model.xml").read_text()
+    unet_xml = (store.resolve_ir(options) / "unet" / "openvino_model.xml").read_text()
     assert "FakeQuantize" in unet_xml  # activations quantised, not only weights
     result = model.generate(model.encode_prompt("x"), latents=noise_for_seed(0, model.latents_shape), steps=2)
     assert result.image.size == (TINY_SIZE, TINY_SIZE)
@@ -286,7 +286,8 @@ def test_taesd_decoder_matches_diffusers_autoencoder_tiny(tiny_model):
     model = RiffusionModel.load(options, progress=False)
     latents = model.denoise(model.encode_prompt("x"), latents=noise_for_seed(1, model.latents_shape), steps=2)
     ours = model.decode(latents)
-    source = tiny_model.options.cache_dir / "sources" / f"taesd-tiny-v{tm.TINY_VERSION}"
+    source = store.cache_entry(tiny_model.options.cache_dir, "taesd-tiny", f"taesd-tiny:v{tm.TINY_VERSION}", "diffusers",
+                               kind="sources")
     with torch.no_grad():
         decoded = AutoencoderTiny.from_pretrained(source).decode(torch.from_numpy(latents)).sample
     theirs = model._pipe.image_processor.postprocess(decoded, output_type="pil")[0]

@@ -1,0 +1,272 @@
+"""The model runtime: a compiled Riffusion pipeline on OpenVINO, and the three things it does.
+
+:meth:`RiffusionModel.load` asks the store (:mod:`riffstream.model.store`) for an OpenVINO
+IR folder and compiles it through optimum-intel's ``OVStableDiffusionPipeline`` with
+OpenVINO's compiled-model cache (``CACHE_DIR``) on, so a second start neither exports nor
+compiles. Then it encodes prompts, denoises latents and decodes them to spectrogram images:
+the pieces a morphing producer needs, with cached prompt embeddings, explicit starting
+noise, negative embeddings that really reach the UNet, img2img, and a per-step callback.
+The denoising loop is the diffusers one, run on the OpenVINO components, so txt2img and
+img2img share one compiled model.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from riffstream.errors import RiffstreamError
+from riffstream.model.options import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    DEVICES,
+    SCHEDULERS,
+    TINY_MODEL,
+    ModelOptions,
+)
+
+
+@dataclass
+class Generation:
+    """One generated spectrogram image, and its final latents when asked for."""
+
+    image: PIL.Image.Image
+    latents: np.ndarray | None = None
+
+
+def noise_for_seed(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal float32 noise, exactly what diffusers draws from ``Generator().manual_seed(seed)``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return randn_tensor(tuple(shape), generator=generator, dtype=torch.float32).numpy()
+
+
+def _check_device(device: str) -> None:
+    import openvino as ov
+
+    if device == "AUTO":
+        return
+    available = ov.Core().available_devices
+    if device not in available and not any(d.split(".")[0] == device for d in available):
+        raise RiffstreamError(
+            f"OpenVINO device {device!r} is not available on this machine (found: {', '.join(available)}); "
+            "use --device CPU or AUTO."
+        )
+
+
+def _ov_config(options: ModelOptions, cache: Path) -> dict:
+    """OpenVINO properties: compiled-model cache, f32 precision, latency hint, thread count on CPU."""
+    device = options.device.upper()
+    config: dict = {"CACHE_DIR": str(cache / "ov_compiled"), "PERFORMANCE_HINT": "LATENCY"}
+    if device != "AUTO":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    if options.threads and device.startswith("CPU"):
+        config["INFERENCE_NUM_THREADS"] = int(options.threads)
+    return config
+
+
+class RiffusionModel:
+    """A compiled Riffusion pipeline on OpenVINO, with the generation API the producer needs."""
+
+    def __init__(self, pipe, options: ModelOptions, is_tiny: bool, decoder=None):
+        self._pipe = pipe
+        self._decoder = decoder  # a compiled tiny decoder (TAESD) replacing the VAE decoder, or None
+        self.options = options
+        self.is_tiny = is_tiny
+        self.vae_scale_factor = pipe.vae_scale_factor
+        self.latents_shape = (1, pipe.unet.config.get("in_channels", 4), options.height // 8, options.width // 8)
+        self._embeddings: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, options: ModelOptions, progress: bool = True) -> RiffusionModel:
+        """Resolve, export/quantise if needed (cached), and compile the model for ``options``."""
+        device = options.device.upper()
+        if device.split(".")[0] not in DEVICES:
+            raise RiffstreamError(f"Unknown device {options.device!r}: use CPU, GPU or AUTO.")
+        if options.height % 8 or options.width % 8 or options.height <= 0 or options.width <= 0:
+            raise RiffstreamError(f"Image size {options.width}x{options.height} must be positive multiples of 8.")
+        if options.scheduler not in SCHEDULERS:
+            raise RiffstreamError(f"Unknown scheduler {options.scheduler!r}: use one of {', '.join(SCHEDULERS)}.")
+        _check_device(device)
+        from riffstream.model.store import resolve_decoder, resolve_ir
+
+        decoder = resolve_decoder(options, progress)
+        return cls.from_ir(resolve_ir(options, progress), options, decoder=decoder)
+
+    @classmethod
+    def from_ir(cls, ir: Path, options: ModelOptions, reshape: bool = True, decoder: Path | None = None) -> RiffusionModel:
+        from optimum.intel import OVStableDiffusionPipeline
+
+        cache = options.cache
+        # Offline, optimum-intel 2.2 looks for an exported folder as if it were a hub id, fails on
+        # a path and logs that it "could not infer" whether it is exported: the folder is, so drop that.
+        optimum_log = logging.getLogger("optimum.intel.openvino.modeling_base")
+
+        def keep(record: logging.LogRecord) -> bool:
+            return not record.getMessage().startswith("Could not infer whether")
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimum_log.addFilter(keep)
+            try:
+                pipe = OVStableDiffusionPipeline.from_pretrained(
+                    ir, device=options.device.upper(), ov_config=_ov_config(options, cache), compile=False
+                )
+            finally:
+                optimum_log.removeFilter(keep)
+        if reshape:
+            # Static spatial shape, dynamic batch: CFG runs the UNet at batch 2, guidance <= 1 at batch 1.
+            pipe.reshape(batch_size=-1, height=options.height, width=options.width, num_images_per_prompt=1)
+        pipe.set_progress_bar_config(disable=True)
+        compiled_decoder = None
+        if decoder is not None:
+            import openvino as ov
+
+            core = ov.Core()
+            tiny = core.read_model(decoder)
+            tiny.reshape({0: [1, tiny.input(0).get_partial_shape()[1], options.height // 8, options.width // 8]})
+            compiled_decoder = core.compile_model(tiny, options.device.upper(), _ov_config(options, cache))
+        for part in (pipe.text_encoder, pipe.unet) + ((pipe.vae_decoder,) if decoder is None else ()):
+            part.compile()  # the VAE encoder compiles on first img2img use
+        return cls(pipe, options, is_tiny=options.model == TINY_MODEL, decoder=compiled_decoder)
+
+    def encode_prompt(self, text: str) -> np.ndarray:
+        """CLIP embeddings of ``text``, shape (1, 77, D) float32; cached per text (read-only array)."""
+        if text not in self._embeddings:
+            with torch.no_grad():
+                embeds = self._pipe.encode_prompt(
+                    text, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+                )[0]
+            array = embeds.numpy().astype(np.float32, copy=True)
+            array.setflags(write=False)
+            self._embeddings[text] = array
+        return self._embeddings[text]
+
+    def _scheduler(self):
+        import diffusers
+
+        cls = getattr(diffusers, SCHEDULERS[self.options.scheduler])
+        return cls.from_config(self._pipe.scheduler.config)
+
+    @torch.no_grad()
+    def encode_image(self, image: PIL.Image.Image) -> np.ndarray:
+        """The VAE latents of ``image`` (scaled as the UNet sees them), for img2img: (1, 4, H/8, W/8)."""
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+
+        pixels = self._pipe.image_processor.preprocess(
+            image.convert("RGB"), height=self.options.height, width=self.options.width
+        )
+        latents = retrieve_latents(self._pipe.vae.encode(pixels.float()), sample_mode="argmax")
+        return (latents * self._pipe.vae.config.scaling_factor).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        prompt_embeds: np.ndarray,
+        negative_prompt_embeds: np.ndarray | None = None,
+        latents: np.ndarray | None = None,
+        *,
+        steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE,
+        init_latents: np.ndarray | None = None,
+        strength: float = 0.75,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Denoise ``latents`` (the starting noise) into the latents of a spectrogram image.
+
+        With ``init_latents`` (from :meth:`encode_image`) this is img2img: ``latents`` is the
+        noise added to them at ``strength``, and only the last ``strength`` fraction of the
+        steps run. ``negative_prompt_embeds`` (default: the empty prompt) is the unconditional
+        branch of classifier-free guidance, used when ``guidance > 1``. ``on_step(i, total)``
+        is called after each step with the 0-based step index.
+        """
+        pipe = self._pipe
+        do_cfg = guidance > 1.0
+
+        # 1. Prompt embeddings
+        embeds = torch.tensor(np.asarray(prompt_embeds, dtype=np.float32))
+        if do_cfg:
+            if negative_prompt_embeds is None:
+                negative_prompt_embeds = self.encode_prompt("")
+            negative = torch.tensor(np.asarray(negative_prompt_embeds, dtype=np.float32))
+            embeds = torch.cat([negative, embeds])
+
+        # 2. Timesteps
+        scheduler = self._scheduler()
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps
+        if init_latents is not None:
+            if not 0.0 < strength <= 1.0:
+                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            t_start = steps - min(int(steps * strength), steps)
+            timesteps = timesteps[t_start * scheduler.order :]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start * scheduler.order)
+
+        # 3. Starting latents
+        noise = torch.from_numpy(
+            np.ascontiguousarray(latents, dtype=np.float32)
+            if latents is not None
+            else np.random.default_rng().standard_normal(self.latents_shape, dtype=np.float32)
+        )
+        if tuple(noise.shape) != self.latents_shape:
+            raise ValueError(f"latents must have shape {self.latents_shape}, got {tuple(noise.shape)}")
+        if init_latents is None:
+            x = noise * scheduler.init_noise_sigma
+        else:
+            image_latents = torch.from_numpy(np.ascontiguousarray(init_latents, dtype=np.float32))
+            x = scheduler.add_noise(image_latents, noise, timesteps[:1]) if len(timesteps) else image_latents
+
+        # 4. Denoising loop
+        total = len(timesteps)
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([x] * 2) if do_cfg else x
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds)[0]
+            if do_cfg:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + guidance * (cond - uncond)
+            x = scheduler.step(noise_pred, t, x).prev_sample
+            if on_step is not None:
+                on_step(i, total)
+        return x.numpy().copy()
+
+    @torch.no_grad()
+    def decode(self, latents: np.ndarray) -> PIL.Image.Image:
+        """The spectrogram image the VAE decodes from denoised ``latents``."""
+        pipe = self._pipe
+        x = np.ascontiguousarray(latents, dtype=np.float32)
+        if self._decoder is not None:  # TAESD decodes the UNet's latents as they are, to [-1, 1]
+            decoded = torch.from_numpy(np.asarray(self._decoder(x)[0]))
+        else:
+            decoded = pipe.vae.decode(torch.from_numpy(x) / pipe.vae.config.scaling_factor)[0]
+        return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+
+    def generate(
+        self,
+        prompt_embeds: np.ndarray,
+        negative_prompt_embeds: np.ndarray | None = None,
+        latents: np.ndarray | None = None,
+        *,
+        steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE,
+        init_image: PIL.Image.Image | None = None,
+        strength: float = 0.75,
+        on_step: Callable[[int, int], None] | None = None,
+        return_latents: bool = False,
+    ) -> Generation:
+        """:meth:`encode_image` (img2img only), :meth:`denoise` and :meth:`decode` in one call."""
+        init_latents = self.encode_image(init_image) if init_image is not None else None
+        x = self.denoise(
+            prompt_embeds, negative_prompt_embeds, latents, steps=steps, guidance=guidance,
+            init_latents=init_latents, strength=strength, on_step=on_step,
+        )
+        return Generation(image=self.decode(x), latents=x if return_latents else None)

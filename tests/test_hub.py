@@ -1,0 +1,305 @@
+"""The published checkpoint's layout, fetched by the real ``huggingface_hub`` client from a stand-in Hub.
+
+The stand-in serves ``riffusion/riffusion-model-v1`` as it is published (late-2022 diffusers
+layout: ``.bin`` weights, a safety checker and a ``CLIPFeatureExtractor`` named in
+``model_index.json``, an old PNDM config, a tokenizer without ``tokenizer.json``, a
+``.ckpt`` and a traced UNet), built from the tiny random weights. Every command runs in a
+subprocess with ``HF_ENDPOINT`` pointed at it, so the client is configured exactly as a
+user's would be; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from riffstream.model.checkpoint import select_files
+from riffstream.model.tiny import build_tiny_pipeline
+from tests.standin_hub import StandInHub
+
+REPO = "riffusion/riffusion-model-v1"
+WIDTH = 64
+FAST = ["--width", str(WIDTH), "--steps", "2", "--no-progress"]
+PIPELINE_FILES = {
+    "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/pytorch_model.bin",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.bin", "vae/config.json",
+    "vae/diffusion_pytorch_model.bin",
+}
+"""What a first start may fetch from the published repo: nothing else."""
+DEAD_ENDPOINT = "http://127.0.0.1:9"
+"""Nothing listens on the discard port: a machine with no network."""
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Path:
+    """The tiny weights in the published repo's layout, with the files the pipeline never runs."""
+    folder = build_tiny_pipeline(tmp_path_factory.mktemp("published") / "riffusion-model-v1")
+    rng = np.random.default_rng(0)
+    (folder / "riffusion-model-v1.ckpt").write_bytes(rng.bytes(1 << 20))
+    (folder / "unet_traced").mkdir()
+    (folder / "unet_traced" / "unet_traced.pt").write_bytes(rng.bytes(1 << 19))
+    (folder / "README.md").write_text("---\nlicense: creativeml-openrail-m\n---\n# Riffusion\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hub(published, tmp_path_factory):
+    with StandInHub() as hub:
+        hub.add_repo(REPO, published)
+        hub.add_repo("riffusion/gated-model", published, gated=True)
+        twins = _with_twins(published, tmp_path_factory.mktemp("twins") / "repo")
+        hub.add_repo("riffstream-test/with-safetensors", twins)
+        yield hub
+
+
+def _with_twins(published: Path, folder: Path) -> Path:
+    """The published layout plus what the repo may gain later: safetensors twins and fp16 variants."""
+    import torch
+    from safetensors.torch import save_file
+
+    shutil.copytree(published, folder)
+    for part, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        state = torch.load(next((folder / part).glob("*.bin")), weights_only=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, folder / part / f"{stem}.safetensors")
+        save_file({k: v.half().contiguous() for k, v in state.items()}, folder / part / f"{stem}.fp16.safetensors")
+    return folder
+
+
+def _env(tmp: Path, endpoint: str, hf_home: Path | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(hf_home or tmp / "hf"), RIFFSTREAM_CACHE=str(tmp / "cache"),
+               HF_HUB_DISABLE_TELEMETRY="1")
+    return env
+
+
+def _run(args: list[str], env: dict, timeout: float = 300, prelude: str = "") -> subprocess.CompletedProcess:
+    code = f"{prelude}import sys; from riffstream.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("riffstream: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    return errors[0]
+
+
+def _no_half_made_entries(tmp: Path) -> None:
+    cache = tmp / "cache"
+    partial = [p for p in cache.rglob("*") if ".partial" in p.name] if cache.exists() else []
+    exports = list((cache / "models").glob("*/*")) if (cache / "models").exists() else []
+    assert not partial and not exports, (partial, exports)
+
+
+def _snapshot_files(hf_home: Path, repo: str) -> set[str]:
+    snapshots = hf_home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots"
+    return {p.relative_to(s).as_posix() for s in snapshots.glob("*") for p in s.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first_start(hub, tmp_path_factory):
+    """The default command on a fresh machine: download, export, render."""
+    tmp = tmp_path_factory.mktemp("first-start")
+    env = _env(tmp, hub.url)
+    out = tmp / "first.wav"
+    result = _run(["lofi to jazz", "--duration", "3", "--seed", "1", "--no-play", "--out", str(out), *FAST], env)
+    return tmp, env, result, out
+
+
+def test_the_default_model_downloads_only_what_the_pipeline_runs_and_renders(hub, first_start):
+    tmp, env, result, out = first_start
+    assert result.returncode == 0, result.stderr
+    audio, rate = soundfile.read(out)
+    assert rate == 44100 and len(audio) == 3 * rate and np.isfinite(audio).all() and np.abs(audio).max() > 0
+    assert hub.files_requested(REPO) == PIPELINE_FILES
+    assert _snapshot_files(tmp / "hf", REPO) == PIPELINE_FILES, "not in the standard Hugging Face cache"
+    lines = result.stderr
+    assert f"downloading {REPO}" in lines and "12 files the pipeline runs" in lines and "MB" in lines
+    assert "exporting to OpenVINO: once" in lines
+    assert f"cached the OpenVINO export in {tmp / 'cache' / 'models'}" in lines
+
+
+def test_a_second_start_without_network_loads_from_the_caches(hub, first_start):
+    tmp, env, first, _ = first_start
+    assert first.returncode == 0, first.stderr
+    served = len(hub.requests)
+    out = tmp / "offline.wav"
+    result = _run(["lofi to jazz", "--duration", "3", "--seed", "1", "--no-play", "--out", str(out), *FAST],
+                  dict(env, HF_ENDPOINT=DEAD_ENDPOINT))
+    assert result.returncode == 0, result.stderr
+    assert "exporting" not in result.stderr and "downloading" not in result.stderr
+    assert len(hub.requests) == served
+    np.testing.assert_array_equal(soundfile.read(out)[0], soundfile.read(first_start[3])[0])
+
+
+def test_a_model_another_tool_fetched_is_exported_without_network(hub, first_start, tmp_path):
+    tmp, env, first, _ = first_start
+    assert first.returncode == 0, first.stderr
+    offline = dict(env, HF_ENDPOINT=DEAD_ENDPOINT, RIFFSTREAM_CACHE=str(tmp_path / "fresh-cache"))
+    result = _run(["download", "--no-progress"], offline)
+    assert result.returncode == 0, result.stderr
+    assert "the Hub is unreachable; using the cached" in result.stderr and "exporting to OpenVINO" in result.stderr
+    assert "plays offline" in result.stdout
+
+
+def test_a_whole_local_download_renders(published, tmp_path):
+    """The folder `huggingface-cli download --local-dir` makes: safety checker, .ckpt and traced UNet included."""
+    out = tmp_path / "whole.wav"
+    result = _run(["lofi", "--model", str(published), "--duration", "2", "--no-play", "--out", str(out), *FAST],
+                  _env(tmp_path, DEAD_ENDPOINT))
+    assert result.returncode == 0, result.stderr
+    assert soundfile.info(out).frames == 2 * 44100
+
+
+def test_a_folder_of_only_the_pipeline_parts_renders(published, tmp_path):
+    folder = tmp_path / "parts"
+    for name in PIPELINE_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(published / name, folder / name)
+    out = tmp_path / "parts.wav"
+    result = _run(["lofi", "--model", str(folder), "--duration", "2", "--no-play", "--out", str(out), *FAST],
+                  _env(tmp_path, DEAD_ENDPOINT))
+    assert result.returncode == 0, result.stderr
+    assert soundfile.info(out).frames == 2 * 44100
+
+
+def test_safetensors_are_preferred_and_no_format_is_fetched_twice(hub, tmp_path):
+    result = _run(["download", "riffstream-test/with-safetensors", "--no-progress"], _env(tmp_path, hub.url))
+    assert result.returncode == 0, result.stderr
+    fetched = hub.files_requested("riffstream-test/with-safetensors")
+    weights = {name for name in fetched if name.endswith((".bin", ".safetensors"))}
+    assert weights == {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                       "text_encoder/model.safetensors"}
+
+
+def test_the_file_choice_keeps_one_full_precision_format_per_part():
+    names = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin",
+             "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.bin",
+             "vae/config.json", "vae/diffusion_pytorch_model-00001-of-00002.safetensors",
+             "vae/diffusion_pytorch_model-00002-of-00002.safetensors",
+             "vae/diffusion_pytorch_model.safetensors.index.json", "vae/diffusion_pytorch_model.bin",
+             "text_encoder/config.json", "text_encoder/model.safetensors", "text_encoder/pytorch_model.bin",
+             "safety_checker/pytorch_model.bin", "feature_extractor/preprocessor_config.json",
+             "riffusion-model-v1.ckpt", "unet_traced/unet_traced.pt", "unet/diffusion_pytorch_model.fp16.safetensors.index.json"]
+    small, weights = select_files(names)
+    assert small == ["model_index.json", "text_encoder/config.json", "unet/config.json", "vae/config.json"]
+    assert weights == ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.bin",
+                       "vae/diffusion_pytorch_model-00001-of-00002.safetensors",
+                       "vae/diffusion_pytorch_model-00002-of-00002.safetensors",
+                       "vae/diffusion_pytorch_model.safetensors.index.json"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["download", "riffusion/gated-model"], "is gated on the Hugging Face Hub"),
+    (["download", "riffusion/no-such-model"], "was not found on the Hugging Face Hub"),
+    (["download", REPO, "--revision", "v9"], "has no revision 'v9'"),
+])
+def test_hub_errors_are_one_line_and_leave_no_cache_entry(hub, tmp_path, args, expected):
+    result = _run([*args, "--no-progress"], _env(tmp_path, hub.url))
+    assert expected in _one_line_error(result)
+    _no_half_made_entries(tmp_path)
+    assert not _snapshot_files(tmp_path / "hf", args[1])
+
+
+def test_a_connection_that_keeps_breaking_mid_file_is_one_line_and_leaves_no_cache_entry(hub, tmp_path):
+    hub.drop_after(REPO, "unet/diffusion_pytorch_model.bin", nbytes=200_000, times=50)
+    try:
+        result = _run(["download", "--no-progress"], _env(tmp_path, hub.url))
+    finally:
+        hub.drop_after(REPO, "unet/diffusion_pytorch_model.bin", nbytes=0, times=0)
+    assert "broke off" in _one_line_error(result) and "run the same command again" in result.stderr
+    _no_half_made_entries(tmp_path)
+    assert "unet/diffusion_pytorch_model.bin" not in _snapshot_files(tmp_path / "hf", REPO)
+
+
+def test_an_interrupted_download_resumes_where_it_broke_off(hub, published, tmp_path):
+    """The client writes in 10 MiB pieces; at 256 KiB the tiny UNet behaves as the real 3.4 GB one does."""
+    name = "unet/diffusion_pytorch_model.bin"
+    before = len(hub.hits(REPO, name))
+    hub.drop_after(REPO, name, nbytes=1_000_000, times=1)
+    prelude = "import huggingface_hub.constants as c; c.DOWNLOAD_CHUNK_SIZE = 1 << 18; "
+    result = _run(["download", "--no-progress"], _env(tmp_path, hub.url), prelude=prelude)
+    assert result.returncode == 0, result.stderr
+    gets = hub.hits(REPO, name)[before:]
+    assert [g.range for g in gets][0] is None and len(gets) == 2
+    start = int(gets[1].range.removeprefix("bytes=").split("-")[0])
+    assert gets[1].status == 206 and 0 < start <= 1_000_000
+    snapshot = next((tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots").glob("*"))
+    assert (snapshot / name).read_bytes() == (published / name).read_bytes()
+
+
+def _tmpfs(folder: Path, size: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs (mount as root) to fill a disk")
+    return folder
+
+
+def test_a_full_disk_for_the_download_is_one_line_before_anything_is_fetched(hub, tmp_path):
+    small = _tmpfs(tmp_path / "small", "2m")
+    try:
+        served = len(hub.requests)
+        result = _run(["download", "--no-progress"], _env(tmp_path, hub.url, hf_home=small))
+        message = _one_line_error(result)
+        assert "needs" in message and "free some space" in message
+        assert not any(name.endswith(".bin") for name in _snapshot_files(small, REPO))
+        assert not [r for r in hub.requests[served:] if r.method == "GET" and (r.file or "").endswith(".bin")]
+    finally:
+        subprocess.run(["umount", str(small)])
+    _no_half_made_entries(tmp_path)
+
+
+def test_a_full_disk_during_the_export_is_one_line_and_leaves_no_half_made_export(hub, published, tmp_path):
+    cache = _tmpfs(tmp_path / "cache", "3m")
+    try:
+        result = _run(["download", str(published), "--no-progress"], _env(tmp_path, hub.url))
+        assert "the disk is full" in _one_line_error(result)
+        leftovers = [p for p in cache.rglob("*") if ".partial" in p.name or p.name.startswith("staged-")]
+        assert not leftovers and not list((cache / "models").glob("*/f32"))
+    finally:
+        subprocess.run(["umount", str(cache)])
+
+
+@pytest.mark.parametrize("index, expected", [
+    ({"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"]},
+     "Stable Diffusion XL"),
+    ({"_class_name": "AudioLDMPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}, "is a diffusers AudioLDMPipeline"),
+    ("sd2", "Stable Diffusion 2.x"),
+    (None, "no model_index.json"),
+])
+def test_a_checkpoint_that_is_not_sd1_text_to_image_is_one_line(published, tmp_path, index, expected):
+    folder = tmp_path / "other"
+    shutil.copytree(published, folder)
+    if index is None:
+        (folder / "model_index.json").unlink()
+    elif index == "sd2":
+        config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        config["prediction_type"] = "v_prediction"
+        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    else:
+        (folder / "model_index.json").write_text(json.dumps(index))
+    result = _run(["download", str(folder), "--no-progress"], _env(tmp_path, DEAD_ENDPOINT))
+    assert expected in _one_line_error(result)
+    _no_half_made_entries(tmp_path)
+
+
+def test_without_network_the_fallback_model_plays_and_says_so(tmp_path):
+    out = tmp_path / "fallback.wav"
+    result = _run(["lofi", "--fallback-model", "tiny", "--duration", "2", "--no-play", "--out", str(out), *FAST],
+                  _env(tmp_path, DEAD_ENDPOINT))
+    assert result.returncode == 0, result.stderr
+    assert "cannot reach the Hugging Face Hub" in result.stderr and "Using tiny instead" in result.stderr
+    assert "noise, not music" in result.stderr and soundfile.info(out).frames == 2 * 44100
+    plain = _run(["lofi", "--duration", "2", "--no-play", "--out", str(out), *FAST], _env(tmp_path, DEAD_ENDPOINT))
+    assert "riffstream download riffusion/riffusion-model-v1" in _one_line_error(plain)
