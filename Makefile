@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-ARGS ?= "lofi hip hop to smooth jazz" --model tiny --steps 4 --duration 20 --no-play --out riff.wav
+# The real Riffusion weights when the Hub or the cache has them; the offline tiny model (noise) otherwise.
+ARGS ?= "lofi hip hop to smooth jazz" --duration 15 --no-play --out riff.wav --fallback-model tiny
 
 .PHONY: run test bench clean
 

@@ -153,7 +153,8 @@ over --clips-per-transition clips. Ctrl-C (or SIGTERM) stops within a second; a 
 being written keeps every finished clip.
 
 Conversions: riffstream image-to-audio SPEC.png OUT.wav, riffstream audio-to-image IN.wav
-OUT.png (see riffstream image-to-audio --help).
+OUT.png (see riffstream image-to-audio --help). Fetch and export a model ahead of time, to
+play offline later: riffstream download [MODEL].
 """
 
 

@@ -222,14 +222,16 @@ def test_a_connection_that_keeps_breaking_mid_file_is_one_line_and_leaves_no_cac
     assert "unet/diffusion_pytorch_model.bin" not in _snapshot_files(tmp_path / "hf", REPO)
 
 
-def test_an_interrupted_download_resumes_where_it_broke_off(hub, published, tmp_path):
+def test_an_interrupted_download_resumes_where_it_broke_off(hub, published, first_start, tmp_path):
     """The client writes in 10 MiB pieces; at 256 KiB the tiny UNet behaves as the real 3.4 GB one does."""
     name = "unet/diffusion_pytorch_model.bin"
     before = len(hub.hits(REPO, name))
     hub.drop_after(REPO, name, nbytes=1_000_000, times=1)
     prelude = "import huggingface_hub.constants as c; c.DOWNLOAD_CHUNK_SIZE = 1 << 18; "
-    result = _run(["download", "--no-progress"], _env(tmp_path, hub.url), prelude=prelude)
+    exported = dict(first_start[1], HF_HOME=str(tmp_path / "hf"))  # same commit already exported: no export again
+    result = _run(["download", "--no-progress"], exported, prelude=prelude)
     assert result.returncode == 0, result.stderr
+    assert "exporting" not in result.stderr
     gets = hub.hits(REPO, name)[before:]
     assert [g.range for g in gets][0] is None and len(gets) == 2
     start = int(gets[1].range.removeprefix("bytes=").split("-")[0])
@@ -294,12 +296,12 @@ def test_a_checkpoint_that_is_not_sd1_text_to_image_is_one_line(published, tmp_p
     _no_half_made_entries(tmp_path)
 
 
-def test_without_network_the_fallback_model_plays_and_says_so(tmp_path):
+def test_without_network_the_fallback_model_plays_and_says_so(tiny_exported, tmp_path):
     out = tmp_path / "fallback.wav"
-    result = _run(["lofi", "--fallback-model", "tiny", "--duration", "2", "--no-play", "--out", str(out), *FAST],
-                  _env(tmp_path, DEAD_ENDPOINT))
+    offline = dict(_env(tmp_path, DEAD_ENDPOINT), RIFFSTREAM_CACHE=str(tiny_exported))
+    result = _run(["lofi", "--fallback-model", "tiny", "--duration", "2", "--no-play", "--out", str(out), *FAST], offline)
     assert result.returncode == 0, result.stderr
     assert "cannot reach the Hugging Face Hub" in result.stderr and "Using tiny instead" in result.stderr
     assert "noise, not music" in result.stderr and soundfile.info(out).frames == 2 * 44100
-    plain = _run(["lofi", "--duration", "2", "--no-play", "--out", str(out), *FAST], _env(tmp_path, DEAD_ENDPOINT))
+    plain = _run(["lofi", "--duration", "2", "--no-play", "--out", str(out), *FAST], offline)
     assert "riffstream download riffusion/riffusion-model-v1" in _one_line_error(plain)

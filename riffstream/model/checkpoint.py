@@ -154,5 +154,20 @@ def stage(source: Path, target: Path) -> Path:
             continue
         link = target / name
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink((source / name).resolve(), link)
+        if name.startswith("tokenizer/") and name.endswith(".json") and '"__type"' in (source / name).read_text("utf-8"):
+            # Tokenizers of 2022 tag special tokens with "__type": "AddedToken", which the
+            # tokenizers library now ignores with a line on stdout per token.
+            content = _without_type_tags(json.loads((source / name).read_text("utf-8")))
+            link.write_text(json.dumps(content, indent=2), encoding="utf-8")
+        else:
+            os.symlink((source / name).resolve(), link)
     return target
+
+
+def _without_type_tags(value):
+    """``value`` with every ``__type`` key dropped, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_type_tags(v) for k, v in value.items() if k != "__type"}
+    if isinstance(value, list):
+        return [_without_type_tags(v) for v in value]
+    return value

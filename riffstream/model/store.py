@@ -10,6 +10,7 @@ a temporary folder and renamed into place, so a crash or a full disk leaves none
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -19,7 +20,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from riffstream.errors import RiffstreamError
@@ -110,13 +111,37 @@ def _export_estimate(source: Path) -> str:
     return "seconds" if seconds < 30 else _minutes(seconds)
 
 
+@contextlib.contextmanager
+def _quiet_loaders() -> Iterator[None]:
+    """Silence diffusers' and transformers' loading bars and their complaints about formats the
+    staged checkpoint deliberately lacks (a ``.bin``-only part has no ``.safetensors``)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity(logging.CRITICAL)
+    transformers_logging.set_verbosity(logging.CRITICAL)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        for module, enabled in zip((diffusers_logging, transformers_logging), bars):
+            if enabled:
+                module.enable_progress_bar()
+
+
 def _export(source: Path, target: Path, cache: Path) -> None:
     """Export the diffusers checkpoint ``source`` to OpenVINO IR (f32) in ``target``."""
     from optimum.intel import OVStableDiffusionPipeline
 
     log.info("exporting to OpenVINO: once, %s on this machine", _export_estimate(source))
-    with tempfile.TemporaryDirectory(prefix="staged-", dir=cache) as staged, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory(prefix="staged-", dir=cache) as staged, _quiet_loaders():
         pipe = OVStableDiffusionPipeline.from_pretrained(stage(source, Path(staged) / "pipeline"), export=True,
                                                          compile=False)
         pipe.save_pretrained(target)
@@ -216,7 +241,7 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
         if refresh or not is_complete(f32):
             source = fetch()
             check_folder(source, options.model)
-            if _recorded_source(f32) != str(source.resolve()):
+            if _recorded_source(f32) != source.resolve().name:
                 shutil.rmtree(f32, ignore_errors=True)
             if not is_complete(f32):
                 build_atomically(f32, lambda tmp: _export_from(source, tmp, cache))
@@ -229,11 +254,11 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
 
 def _export_from(source: Path, target: Path, cache: Path) -> None:
     _export(source, target, cache)
-    (target / "source.json").write_text(json.dumps({"source": str(source.resolve())}))
+    (target / "source.json").write_text(json.dumps({"source": source.resolve().name}))
 
 
 def _recorded_source(entry: Path) -> str | None:
-    """The folder an export was made from (a Hub snapshot names its commit), if recorded."""
+    """The name of the folder an export was made from (a Hub snapshot's is its commit), if recorded."""
     try:
         return json.loads((entry / "source.json").read_text())["source"]
     except (OSError, ValueError, KeyError):
