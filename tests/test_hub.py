@@ -173,13 +173,39 @@ def test_a_folder_of_only_the_pipeline_parts_renders(published, tmp_path):
     assert soundfile.info(out).frames == 2 * 44100
 
 
-def test_safetensors_are_preferred_and_no_format_is_fetched_twice(hub, tmp_path):
-    result = _run(["download", "riffstream-test/with-safetensors", "--no-progress"], _env(tmp_path, hub.url))
+@pytest.fixture(scope="module")
+def twins_downloaded(hub, tmp_path_factory):
+    """``riffstream download`` of the repo with safetensors twins and fp16 variants."""
+    tmp = tmp_path_factory.mktemp("twins-download")
+    env = _env(tmp, hub.url)
+    return env, _run(["download", "riffstream-test/with-safetensors", "--no-progress"], env)
+
+
+def test_safetensors_are_preferred_and_no_format_is_fetched_twice(hub, twins_downloaded):
+    _, result = twins_downloaded
     assert result.returncode == 0, result.stderr
     fetched = hub.files_requested("riffstream-test/with-safetensors")
     weights = {name for name in fetched if name.endswith((".bin", ".safetensors"))}
     assert weights == {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                        "text_encoder/model.safetensors"}
+
+
+def test_download_reexports_only_when_the_hub_has_a_new_commit(hub, twins_downloaded, tmp_path):
+    env, first = twins_downloaded
+    assert first.returncode == 0, first.stderr
+    same = _run(["download", "riffstream-test/with-safetensors", "--no-progress"], env)
+    assert same.returncode == 0, same.stderr
+    assert "exporting" not in same.stderr and "plays offline" in same.stdout
+    updated = shutil.copytree(next(Path(env["HF_HOME"]).glob("hub/models--riffstream-test--with-safetensors/snapshots/*")),
+                              tmp_path / "updated", symlinks=False)
+    config = json.loads((updated / "unet" / "config.json").read_text())
+    (updated / "unet" / "config.json").write_text(json.dumps({**config, "_diffusers_version": "0.39.0"}))
+    commit = hub.add_repo("riffstream-test/with-safetensors", updated)
+    newer = _run(["download", "riffstream-test/with-safetensors", "--no-progress"], env)
+    assert newer.returncode == 0, newer.stderr
+    assert "exporting to OpenVINO" in newer.stderr
+    exports = list(Path(env["RIFFSTREAM_CACHE"]).glob("models/*/f32/source.json"))
+    assert len(exports) == 1 and json.loads(exports[0].read_text())["source"] == commit
 
 
 def test_the_file_choice_keeps_one_full_precision_format_per_part():

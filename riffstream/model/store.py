@@ -75,9 +75,12 @@ def is_complete(folder: Path) -> bool:
     return (folder / "riffstream.json").is_file()
 
 
-def build_atomically(target: Path, build: Callable[[Path], object]) -> Path:
-    """Run ``build(tmp)`` and rename the result to ``target``; a crash or a full disk leaves no half-made entry."""
-    if is_complete(target):
+def build_atomically(target: Path, build: Callable[[Path], object], rebuild: bool = False) -> Path:
+    """Run ``build(tmp)`` and rename the result to ``target``; a crash or a full disk leaves no half-made entry.
+
+    A complete ``target`` is kept as it is, unless ``rebuild``: then it is replaced only once the new one is built.
+    """
+    if is_complete(target) and not rebuild:
         return target
     tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -241,10 +244,11 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
         if refresh or not is_complete(f32):
             source = fetch()
             check_folder(source, options.model)
-            if _recorded_source(f32) != source.resolve().name:
-                shutil.rmtree(f32, ignore_errors=True)
-            if not is_complete(f32):
-                build_atomically(f32, lambda tmp: _export_from(source, tmp, cache))
+            stale = is_complete(f32) and _recorded_source(f32) != source.resolve().name
+            if stale or not is_complete(f32):
+                build_atomically(f32, lambda tmp: _export_from(source, tmp, cache), rebuild=stale)
+                for variant in QUANTIZATIONS[1:]:  # made from the export this one replaces
+                    shutil.rmtree(cache_entry(cache, name, identity, variant), ignore_errors=True)
                 log.info("cached the OpenVINO export in %s: later starts skip the download and the export", f32)
     if options.quantization is None:
         return f32
