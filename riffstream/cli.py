@@ -14,10 +14,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from riffstream import checks
+from riffstream.checks import option_type, parse_number
 from riffstream.errors import RiffstreamError
 from riffstream.phase import DEFAULT_ITERATIONS
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS
@@ -73,28 +76,25 @@ def _audio_to_image(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}: {image.width} x {image.height} pixels, {params.duration_of(image.width):.2f} s")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose every complaint (unknown options too) is an ArgumentError, for one-line errors."""
+
+    def error(self, message: str):
+        raise argparse.ArgumentError(None, message)
+
+
 def _loudness(text: str) -> float | None:
     """A target loudness in LUFS, or None for 'off'."""
     if text.strip().lower() == "off":
         return None
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LUFS such as -14, or 'off', not {text!r}") from None
-    if not -70 <= value <= 0:
-        raise argparse.ArgumentTypeError(f"loudness must be between -70 and 0 LUFS, not {value:g}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+        return parse_number(text, "it", checks.LOUDNESS)
+    except RiffstreamError as error:
+        raise argparse.ArgumentTypeError(f"{str(error).removeprefix('it ')}, or 'off'") from None
 
 
 def _subcommand_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="riffstream", exit_on_error=False,
+    parser = _Parser(prog="riffstream", exit_on_error=False,
                                      description="Convert between audio and spectrogram images, or fetch a model.")
     commands = parser.add_subparsers(dest="command", required=True)
     to_audio = commands.add_parser(
@@ -104,12 +104,12 @@ def _subcommand_parser() -> argparse.ArgumentParser:
     to_audio.add_argument("paths", nargs="+", metavar="IMAGE... OUTPUT",
                           help="spectrogram images (PNG made by Riffusion or riffstream), then the audio file to "
                                "write: .wav, .flac or .ogg")
-    to_audio.add_argument("--crossfade", type=float, default=DEFAULT_CROSSFADE, metavar="SECONDS",
+    to_audio.add_argument("--crossfade", type=option_type(checks.CROSSFADE), default=DEFAULT_CROSSFADE, metavar="SECONDS",
                           help="overlap between consecutive images (default: %(default)s)")
     to_audio.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS, metavar="LUFS",
                           help="target loudness, true peaks under -1 dBTP; 'off' keeps the image's level, "
                                "peak-limited (default: %(default)s)")
-    to_audio.add_argument("--iterations", type=_non_negative_int, default=DEFAULT_ITERATIONS, metavar="N",
+    to_audio.add_argument("--iterations", type=option_type(checks.ITERATIONS), default=DEFAULT_ITERATIONS, metavar="N",
                           help="fast Griffin-Lim iterations after PGHI (default: %(default)s)")
     to_audio.set_defaults(run=_image_to_audio)
     to_image = commands.add_parser("audio-to-image", help="turn audio into a Riffusion spectrogram image")
@@ -167,7 +167,7 @@ def _add_model_options(group, model_help: str | None = None) -> None:
                                           "random-weight test model: its output is noise) (default: %(default)s)")
     group.add_argument("--revision", help="model revision on the Hub: branch, tag or commit (default: main)")
     group.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or AUTO (default: %(default)s)")
-    group.add_argument("--threads", type=int, help="inference threads (default: OpenVINO's choice)")
+    group.add_argument("--threads", type=option_type(checks.THREADS), help="inference threads (default: OpenVINO's choice)")
     quant = group.add_mutually_exclusive_group()
     quant.add_argument("--int8", action="store_const", const="int8", dest="quantization",
                        help="8-bit weight compression (exported once, cached)")
@@ -187,7 +187,7 @@ def _generation_parser() -> argparse.ArgumentParser:
     from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
     from riffstream.stream import DEFAULT_STRENGTH
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="riffstream", exit_on_error=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_EPILOG,
         description="Endless, evolving AI music from text: Riffusion on OpenVINO, played live or rendered to file. "
                     "Each clip is 5.12 s; 'a to b to c' morphs from prompt to prompt.")
@@ -200,21 +200,21 @@ def _generation_parser() -> argparse.ArgumentParser:
                           "Default: endless, until Ctrl-C")
     out.add_argument("--output-device", metavar="DEVICE", help="audio device name or number (see --list-devices)")
     out.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
-    out.add_argument("--prebuffer", type=float, metavar="SECONDS",
+    out.add_argument("--prebuffer", type=option_type(checks.PREBUFFER), metavar="SECONDS",
                      help="seconds of audio to buffer before playing (default: after the first clip for endless play; "
                           "for a --duration, enough that the buffer never runs dry, from the measured speed)")
     out.add_argument("--save-spectrograms", metavar="DIR", help="save every clip's spectrogram (PNG) and clips.jsonl in DIR")
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--seed", type=int, help="random seed; the same seed and options give the same audio "
+    gen.add_argument("--seed", type=option_type(checks.SEED), help="random seed; the same seed and options give the same audio "
                                               "(default: a random one, printed)")
-    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per clip (default: %(default)s)")
-    gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+    gen.add_argument("--steps", type=option_type(checks.STEPS), default=DEFAULT_STEPS, help="denoising steps per clip (default: %(default)s)")
+    gen.add_argument("--guidance", type=option_type(checks.GUIDANCE), default=DEFAULT_GUIDANCE,
                      help="classifier-free guidance scale (default: %(default)s)")
     gen.add_argument("--negative-prompt", metavar="TEXT", help="what to steer away from, e.g. \"vocals, noise\"")
-    gen.add_argument("--clips-per-transition", type=int, default=DEFAULT_CLIPS_PER_TRANSITION, metavar="N",
+    gen.add_argument("--clips-per-transition", type=option_type(checks.CLIPS_PER_TRANSITION), default=DEFAULT_CLIPS_PER_TRANSITION, metavar="N",
                      help="clips a transition takes in endless play; on one prompt the seed walks on every N clips "
                           "(default: %(default)s, alpha 0.25 ... 1.0 as Riffusion's web app)")
-    gen.add_argument("--crossfade", type=float, metavar="SECONDS",
+    gen.add_argument("--crossfade", type=option_type(checks.CROSSFADE), metavar="SECONDS",
                      help=f"overlap between clips, phase-continued and crossfaded (default: {DEFAULT_CROSSFADE:g}, "
                           "or a quarter of a narrower clip)")
     gen.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS, metavar="LUFS",
@@ -224,9 +224,9 @@ def _generation_parser() -> argparse.ArgumentParser:
                      help="start every clip from this audio loop's spectrogram (img2img), to lock tempo and sound")
     gen.add_argument("--continuation", action="store_true",
                      help="start every clip from the end of the previous one (img2img), for continuity")
-    gen.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+    gen.add_argument("--strength", type=option_type(checks.STRENGTH), default=DEFAULT_STRENGTH,
                      help="how much of the init image img2img repaints, 0..1 (default: %(default)s)")
-    gen.add_argument("--width", type=int, default=512, metavar="PIXELS",
+    gen.add_argument("--width", type=option_type(checks.WIDTH), default=512, metavar="PIXELS",
                      help="clip width; 100 pixels per second (default: %(default)s = 5.12 s; multiple of 8)")
     _add_model_options(parser.add_argument_group("model"))
     parser.add_argument("--fallback-model", metavar="MODEL",
@@ -254,50 +254,64 @@ def _format_seconds(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
 
-def _generate(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class GenerationPlan:
+    """A generation command, parsed and checked: everything but the model is known to be usable."""
+
+    stream: object  # riffstream.stream.StreamOptions
+    model: object  # riffstream.model.ModelOptions
+    output_device: str | None  # the sound card's name, or None when not playing
+
+
+def plan_generation(args: argparse.Namespace) -> GenerationPlan:
+    """Check every generation option without loading the model; one-line RiffstreamError if any is unusable."""
     import random
 
     from riffstream.planner import parse_duration, parse_prompts
-    from riffstream.sinks import check_output_device, check_writable, file_format, list_devices
+    from riffstream.sinks import check_folder_writable, check_output_device, check_writable, file_format
     from riffstream.spectrogram import SpectrogramParams
     from riffstream.stream import StreamOptions, validate
 
-    if args.list_devices:
-        print(list_devices())
-        return
     prompts = parse_prompts(" ".join(args.prompt))
     duration = parse_duration(args.duration) if args.duration is not None else None
     play = not args.no_play
     if not play and not args.out:
         raise RiffstreamError("--no-play needs --out FILE: otherwise there is nothing to do")
-    if args.width <= 0 or args.width % 8:
-        raise RiffstreamError(f"--width must be a positive multiple of 8, not {args.width}")
+    if args.width % 8:
+        raise RiffstreamError(f"--width must be a multiple of 8, not {args.width}")
+    model = _model_options(args, args.model)
+    model.check()
+    if args.fallback_model is not None:
+        _model_options(args, args.fallback_model).check()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
-    spectrograms = Path(args.save_spectrograms) if args.save_spectrograms else None
-    params = SpectrogramParams()
+    spectrograms = Path(args.save_spectrograms) if args.save_spectrograms is not None else None
     options = StreamOptions(
         prompts=tuple(prompts), seed=seed, steps=args.steps, guidance=args.guidance,
         negative_prompt=args.negative_prompt, clips_per_transition=args.clips_per_transition,
         crossfade=args.crossfade, loudness=args.loudness, init_image=_init_image(args.init_audio, args.width),
-        strength=args.strength, continuation=args.continuation, duration=duration, save_spectrograms=spectrograms, prebuffer=args.prebuffer,
-        params=params)
+        strength=args.strength, continuation=args.continuation, duration=duration, save_spectrograms=spectrograms,
+        prebuffer=args.prebuffer, params=SpectrogramParams())
     validate(options, args.width)
-    if args.out:
+    if args.out is not None:
         file_format(args.out)
         check_writable(args.out)
     if spectrograms is not None:
-        try:
-            spectrograms.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RiffstreamError(f"cannot create {spectrograms}: {error.strerror}") from None
-        check_writable(spectrograms / "clips.jsonl")
-    device_name = check_output_device(args.output_device) if play else None
+        check_folder_writable(spectrograms)
+    return GenerationPlan(options, model, check_output_device(args.output_device) if play else None)
 
+
+def _generate(args: argparse.Namespace) -> None:
+    from riffstream.sinks import list_devices
+
+    if args.list_devices:
+        print(list_devices())
+        return
+    plan = plan_generation(args)
     model = _load_model(args)
     if model.is_tiny:
         print("riffstream: note: the tiny model has random weights: its output is noise, not music",
               file=sys.stderr)
-    _stream(args, model, options, device_name)
+    _stream(args, model, plan.stream, plan.output_device)
 
 
 def _init_image(path: str | None, width: int):
@@ -320,8 +334,6 @@ def _init_image(path: str | None, width: int):
 def _model_options(args: argparse.Namespace, model: str):
     from riffstream.model import ModelOptions
 
-    if args.threads is not None and args.threads < 1:
-        raise RiffstreamError("--threads must be 1 or more")
     return ModelOptions(
         model=model, revision=args.revision, device=args.device, threads=args.threads, height=512,
         width=getattr(args, "width", 512), quantization=args.quantization, scheduler=args.scheduler,
@@ -466,13 +478,19 @@ def _summary(stream) -> None:
     print(f"riffstream: {'; '.join(parts)}", file=sys.stderr)
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line (generation or a subcommand); raises ``argparse.ArgumentError`` on bad syntax."""
+    argv = list(argv)
+    parser = _subcommand_parser() if argv and argv[0] in SUBCOMMANDS else _generation_parser()
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _subcommand_parser() if argv and argv[0] in SUBCOMMANDS else _generation_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(argv)
     except argparse.ArgumentError as error:
         print(f"riffstream: error: {error} (see riffstream --help)", file=sys.stderr)
         return EXIT_ERROR

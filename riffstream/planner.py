@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from riffstream.checks import DURATION, check_number
 from riffstream.errors import RiffstreamError
 
 #: |cos| of the angle above which slerp falls back to lerp, as Riffusion does.
@@ -148,7 +149,7 @@ def clips_for_duration(total: int, clip: int, crossfade: int) -> int:
     return max(1, -(-(total - crossfade) // (clip - crossfade)))
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, name: str = "--duration") -> float:
     """Seconds from ``"90"``, ``"90s"``, ``"2.5m"``, ``"1h"`` or ``"1:30"``; must be more than 0."""
     value = text.strip().lower()
     try:
@@ -159,8 +160,6 @@ def parse_duration(text: str) -> float:
         else:
             scale = {"s": 1, "m": 60, "h": 3600}.get(value[-1:], None)
             seconds = float(value[:-1]) * scale if scale else float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise RiffstreamError(f"cannot read duration {text!r}: use seconds (90), 2.5m, 1h or 1:30") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise RiffstreamError(f"duration must be more than 0 seconds, not {text!r}")
-    return seconds
+    return check_number(seconds, name, DURATION)

@@ -46,6 +46,23 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def check_folder_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail early, with one line, if a folder cannot be used or created at ``path`` (nothing is created)."""
+    path = Path(path)
+    if str(path).strip() == "":
+        raise RiffstreamError("a folder must be named, not ''")
+    if path.exists() and not path.is_dir():
+        raise RiffstreamError(f"cannot use {path} as a folder: it is a file")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RiffstreamError(f"cannot create {path}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RiffstreamError(f"cannot write in {existing}: permission denied")
+    return path
+
+
 class AudioFileWriter:
     """Streams float audio (channels, samples) to WAV, FLAC or OGG, block by block.
 
@@ -109,8 +126,14 @@ def write_audio(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: 
 def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     """(channels, samples) float64 audio and its sample rate from any file libsndfile reads."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise RiffstreamError(f"{path} is a directory, not an audio file")
+    if not path.exists():
         raise RiffstreamError(f"no such audio file: {path}")
+    if path.is_fifo() or path.is_socket():
+        raise RiffstreamError(f"{path} is not a regular file: give an audio file")
+    if path.stat().st_size == 0:  # /dev/null too
+        raise RiffstreamError(f"{path} is empty: it holds no audio")
     try:
         samples, sample_rate = soundfile.read(path, dtype="float64", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as error:

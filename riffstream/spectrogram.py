@@ -258,8 +258,14 @@ def image_from_mel(mel: np.ndarray, params: SpectrogramParams) -> Image.Image:
 def read_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open and fully decode an image file, with one-line errors for missing or broken files."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise RiffstreamError(f"{path} is a directory, not an image")
+    if not path.exists():
         raise RiffstreamError(f"no such image: {path}")
+    if path.is_fifo() or path.is_socket():
+        raise RiffstreamError(f"{path} is not a regular file: give a PNG image")
+    if path.stat().st_size == 0:  # /dev/null too
+        raise RiffstreamError(f"{path} is empty: it holds no image")
     try:
         with Image.open(path) as image:
             image.load()

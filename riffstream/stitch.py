@@ -30,6 +30,8 @@ import scipy.ndimage
 import scipy.signal
 from PIL import Image
 
+from riffstream import checks
+from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
 from riffstream.phase import DEFAULT_ITERATIONS, reconstruct
 from riffstream.spectrogram import SpectrogramParams, mel_from_image, params_for_image
@@ -56,8 +58,7 @@ MAX_MAKEUP_DB = 6.0
 
 def overlap_frames(params: SpectrogramParams, crossfade: float) -> int:
     """Image columns two consecutive clips share for a crossfade of ``crossfade`` seconds."""
-    if crossfade < 0:
-        raise RiffstreamError(f"the crossfade must be 0 s or more, not {crossfade} s")
+    check_number(crossfade, "crossfade", checks.CROSSFADE)
     return int(round(crossfade * 1000 / params.step_size_ms))
 
 
@@ -119,6 +120,9 @@ class ClipStitcher:
                  iterations: int = DEFAULT_ITERATIONS, loudness: float | None = DEFAULT_LOUDNESS,
                  continuity: bool = True) -> None:
         self.params = params or SpectrogramParams()
+        check_number(iterations, "iterations", checks.ITERATIONS)
+        if loudness is not None:
+            check_number(loudness, "loudness", checks.LOUDNESS)
         self.overlap_frames = overlap_frames(self.params, crossfade)
         self.overlap = self.overlap_frames * self.params.hop_length
         self._guard = int(EDGE_GUARD * self.params.sample_rate)

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from riffstream import checks
+from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
 from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, clips_for_duration, lerp, slerp
 from riffstream.spectrogram import SpectrogramParams
@@ -259,19 +261,16 @@ def validate(options: StreamOptions, clip_width: int) -> None:
     clip_s = params.duration_of(clip_width)
     if not options.prompts or not all(p.strip() for p in options.prompts):
         raise RiffstreamError("empty prompt: give text such as \"lofi hip hop to smooth jazz\"")
-    if options.duration is not None and not options.duration > 0:
-        raise RiffstreamError(f"duration must be more than 0 seconds, not {options.duration:g}")
+    check_number(options.seed, "seed", checks.SEED)
+    for name, limits in (("duration", checks.DURATION), ("steps", checks.STEPS), ("guidance", checks.GUIDANCE),
+                         ("prebuffer", checks.PREBUFFER), ("loudness", checks.LOUDNESS),
+                         ("crossfade", checks.CROSSFADE)):
+        if getattr(options, name) is not None:
+            check_number(getattr(options, name), name, limits)
+    check_number(options.clips_per_transition, "clips per transition", checks.CLIPS_PER_TRANSITION)
+    check_number(options.strength, "strength", checks.STRENGTH)
     if not 0 <= crossfade_seconds(options, clip_width) <= clip_s / 2 - EDGE_FADE:
         raise RiffstreamError(f"crossfade must be between 0 and {clip_s / 2 - EDGE_FADE:.2f} s for {clip_s:.2f}-s clips")
-    if options.clips_per_transition < 1:
-        raise RiffstreamError("clips per transition must be 1 or more")
-    if options.steps is not None and options.steps < 1:
-        raise RiffstreamError("steps must be 1 or more")
-    if options.prebuffer is not None and options.prebuffer < 0:
-        raise RiffstreamError("prebuffer must be 0 seconds or more")
-    if not 0 < options.strength <= 1:
-        raise RiffstreamError(f"strength must be more than 0 and at most 1, not {options.strength:g}")
-
 
 class Stream:
     """One run of the stream: a model, options, an optional file writer and an optional player.

@@ -6,6 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from riffstream import checks
+from riffstream.checks import check_number
+from riffstream.errors import RiffstreamError
+
 DEFAULT_MODEL = "riffusion/riffusion-model-v1"
 DEFAULT_STEPS = 20
 """DPM-Solver++ (2M) reaches in about 20 steps what PNDM/DDIM need 50 for; fewer steps
@@ -44,6 +48,23 @@ class ModelOptions:
     scheduler: str = DEFAULT_SCHEDULER
     #: "vae" (the model's own decoder), "taesd", or a folder or hub id of a diffusers AutoencoderTiny.
     decoder: str = DEFAULT_DECODER
+
+    def check(self) -> None:
+        """Raise a one-line :class:`RiffstreamError` for an option no model load could satisfy."""
+        if not isinstance(self.device, str) or self.device.upper().split(".")[0] not in DEVICES:
+            raise RiffstreamError(f"Unknown device {self.device!r}: use CPU, GPU or AUTO.")
+        check_number(self.width, "width", checks.WIDTH)
+        check_number(self.height, "height", checks.WIDTH)
+        if self.threads is not None:
+            check_number(self.threads, "threads", checks.THREADS)
+        if self.height % 8 or self.width % 8:
+            raise RiffstreamError(f"Image size {self.width}x{self.height} must be multiples of 8.")
+        if self.scheduler not in SCHEDULERS:
+            raise RiffstreamError(f"Unknown scheduler {self.scheduler!r}: use one of {', '.join(SCHEDULERS)}.")
+        if self.quantization not in QUANTIZATIONS:
+            raise RiffstreamError(f"Unknown quantization {self.quantization!r}: use one of int8, hybrid, or none.")
+        if not self.model.strip() or not self.decoder.strip():
+            raise RiffstreamError("the model and the decoder must be named: give a Hub id, a folder or 'tiny'")
 
     @property
     def cache(self) -> Path:

@@ -26,7 +26,6 @@ from riffstream.errors import RiffstreamError
 from riffstream.model.options import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
-    DEVICES,
     SCHEDULERS,
     TINY_MODEL,
     ModelOptions,
@@ -88,13 +87,8 @@ class RiffusionModel:
     @classmethod
     def load(cls, options: ModelOptions, progress: bool = True) -> RiffusionModel:
         """Resolve, export/quantise if needed (cached), and compile the model for ``options``."""
+        options.check()
         device = options.device.upper()
-        if device.split(".")[0] not in DEVICES:
-            raise RiffstreamError(f"Unknown device {options.device!r}: use CPU, GPU or AUTO.")
-        if options.height % 8 or options.width % 8 or options.height <= 0 or options.width <= 0:
-            raise RiffstreamError(f"Image size {options.width}x{options.height} must be positive multiples of 8.")
-        if options.scheduler not in SCHEDULERS:
-            raise RiffstreamError(f"Unknown scheduler {options.scheduler!r}: use one of {', '.join(SCHEDULERS)}.")
         _check_device(device)
         from riffstream.model.store import resolve_decoder, resolve_ir
 

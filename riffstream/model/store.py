@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 EXPORT_VERSION = 2
 """Part of every cache key: bump it when the export recipe changes."""
 EXPORT_SECONDS_SD15_2_CORES = 360
-"""Measured: optimum-intel exports the full-size SD 1.5 architecture in about 6 minutes on 2 CPU cores."""
+"""Measured: optimum-intel exports the full-size SD 1.5 architecture in about 6 minutes on 2 AVX2 cores
+(Zen 3) and in 2.4 minutes on 2 AVX-512 cores (Zen 4, ``benchmarks/first_start.py``)."""
+EXPORT_FASTEST_SHARE = 0.4
 LOW_DISK_BYTES = 16 << 20
 """Free space below which a failed cache write is taken for a full disk."""
 SD15_UNET_BYTES = 3.44e9
@@ -102,16 +104,15 @@ def build_atomically(target: Path, build: Callable[[Path], object], rebuild: boo
     return target
 
 
-def _minutes(seconds: float) -> str:
-    return f"about {max(1, round(seconds / 60))} minute{'s' * (round(seconds / 60) > 1)}"
-
-
 def _export_estimate(source: Path) -> str:
     """How long the export will take here, scaled from the measured SD 1.5 figure on 2 cores."""
     weights = [p for p in (source / "unet").glob("diffusion_pytorch_model*") if p.suffix in (".bin", ".safetensors")]
     size = sum(p.stat().st_size for p in weights)
     seconds = EXPORT_SECONDS_SD15_2_CORES * size / SD15_UNET_BYTES * 2 / (os.cpu_count() or 2)
-    return "seconds" if seconds < 30 else _minutes(seconds)
+    if seconds < 30:
+        return "seconds"
+    fastest, slowest = (max(1, round(s / 60)) for s in (seconds * EXPORT_FASTEST_SHARE, seconds))
+    return f"about {fastest} to {slowest} minutes" if fastest < slowest else f"about {slowest} minutes"
 
 
 @contextlib.contextmanager
@@ -143,7 +144,7 @@ def _export(source: Path, target: Path, cache: Path) -> None:
     """Export the diffusers checkpoint ``source`` to OpenVINO IR (f32) in ``target``."""
     from optimum.intel import OVStableDiffusionPipeline
 
-    log.info("exporting to OpenVINO: once, %s on this machine", _export_estimate(source))
+    log.info("exporting to OpenVINO: once, %s on %d CPU cores", _export_estimate(source), os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="staged-", dir=cache) as staged, _quiet_loaders():
         pipe = OVStableDiffusionPipeline.from_pretrained(stage(source, Path(staged) / "pipeline"), export=True,
                                                          compile=False)

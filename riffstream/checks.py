@@ -1,0 +1,105 @@
+"""Range checks for every number riffstream takes, from the command line or the Python API.
+
+One function says what is allowed and what was given, in one line that names the option:
+``--guidance must be a number from 0 to 50, not inf``. The command line uses
+:func:`option_type` as argparse's ``type``, so a bad value stops before anything loads; the
+API's ``validate`` functions call :func:`check_number` on the same limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from riffstream.errors import RiffstreamError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a number may be: finite, whole or not, and within [low, high] (``low`` excluded if ``above``)."""
+
+    low: float
+    high: float
+    integer: bool = False
+    above: bool = False
+    unit: str = ""
+    hint: str = ""
+
+    def describe(self) -> str:
+        kind = "a whole number" if self.integer else "a number"
+        unit = f" {self.unit}" if self.unit else ""
+        low, high = (f"{int(v)}" if self.integer else f"{v:g}" for v in (self.low, self.high))
+        hint = f" ({self.hint})" if self.hint else ""
+        if self.above:
+            return f"{kind} above {low}{unit} and at most {high}{unit}{hint}"
+        return f"{kind} from {low} to {high}{unit}{hint}"
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value) or value > self.high:
+            return False
+        if self.integer and value != int(value):
+            return False
+        return value > self.low if self.above else value >= self.low
+
+
+GUIDANCE = Limits(0, 50)
+STEPS = Limits(1, 1000, integer=True)
+SEED = Limits(0, 2**32 - 1, integer=True)
+DURATION = Limits(0, 100 * 3600, above=True, unit="s", hint="100 hours")
+PREBUFFER = Limits(0, 3600, unit="s")
+CLIPS_PER_TRANSITION = Limits(1, 1000, integer=True)
+CROSSFADE = Limits(0, 60, unit="s")
+LOUDNESS = Limits(-70, 0, unit="LUFS")
+STRENGTH = Limits(0, 1, above=True)
+WIDTH = Limits(8, 4096, integer=True, unit="pixels")
+THREADS = Limits(1, 1024, integer=True)
+ITERATIONS = Limits(0, 1000, integer=True)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan (not a number)"
+        if math.isinf(value):
+            return "infinite" if value > 0 else "minus infinite"
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_number(value: object, name: str, limits: Limits) -> float | int:
+    """``value`` as a number if it is finite and within ``limits``; else one line naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RiffstreamError(f"{name} must be {limits.describe()}, not {_shown(value)}")
+    if not limits.holds(float(value)):
+        raise RiffstreamError(f"{name} must be {limits.describe()}, not {_shown(value)}")
+    return int(value) if limits.integer else float(value)
+
+
+def parse_number(text: str, name: str, limits: Limits) -> float | int:
+    """``text`` read as a number (whole where ``limits`` say so) and checked; one line if not."""
+    cleaned = text.strip()
+    try:
+        value: float | int = int(cleaned) if limits.integer else float(cleaned)
+    except ValueError:
+        try:
+            value = float(cleaned)
+        except ValueError:
+            raise RiffstreamError(f"{name} must be {limits.describe()}, not {text!r}") from None
+    except OverflowError:
+        raise RiffstreamError(f"{name} must be {limits.describe()}, not {text!r}") from None
+    return check_number(value, name, limits)
+
+
+def option_type(limits: Limits) -> Callable[[str], float | int]:
+    """An argparse ``type`` that reads and checks a number; argparse names the option in its error."""
+
+    def read(text: str) -> float | int:
+        try:
+            return parse_number(text, "it", limits)
+        except RiffstreamError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix("it ")) from None
+
+    read.__name__ = limits.describe()
+    return read
