@@ -9,11 +9,12 @@ user-fixable problem ends as one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -420,14 +421,17 @@ def _stream(args: argparse.Namespace, model, options, device_name: str | None) -
         where = ", ".join(filter(None, [f"playing on {device_name}" if device_name else None,
                                         f"writing {args.out}" if args.out else None]))
         print(f"riffstream: {' -> '.join(options.prompts)}; seed {options.seed}; {what}; {where}", file=sys.stderr)
+        typing = [""]
+        keys = contextlib.nullcontext(False)
         if total is None:
             print("riffstream: type a prompt and Enter to move the music to it", file=sys.stderr)
-            read_prompts(stream)
+            keys = _keys_without_echo(0) if not args.no_progress else keys
+            read_prompts(stream, on_typing=lambda text: typing.__setitem__(0, text))
         bar = tqdm(total=total, unit="clip", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} clips [{elapsed}<{remaining}{postfix}]" if total
-                   else "{n_fmt} clips [{elapsed}{postfix}]")
+                   else "{desc}{n_fmt} clips [{elapsed}{postfix}]")
 
-        shown = [0.0]
+        shown = [0.0, ""]
 
         def tick(s: Stream) -> None:
             while not s.messages.empty():
@@ -438,15 +442,17 @@ def _stream(args: argparse.Namespace, model, options, device_name: str | None) -
                 if s.player.underruns:
                     info.append(f"{s.player.underruns} underruns")
             now = time.monotonic()
-            if bar.n != s.stats.clips or now - shown[0] >= 1.0:
-                shown[0] = now
+            if bar.n != s.stats.clips or now - shown[0] >= 1.0 or typing[0] != shown[1]:
+                shown[0], shown[1] = now, typing[0]
                 bar.n = s.stats.clips
+                bar.set_description_str(f"> {typing[0]} | " if typing[0] else "", refresh=False)
                 bar.set_postfix_str(", ".join(info), refresh=False)
                 bar.refresh()
 
         signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            stream.run(tick)
+            with keys:
+                stream.run(tick)
         finally:
             bar.close()
             while not stream.messages.empty():
@@ -464,6 +470,30 @@ def _stream(args: argparse.Namespace, model, options, device_name: str | None) -
     if writer is not None:
         writer.close()
         print(f"wrote {args.out}: {writer.frames_written / params.sample_rate:.2f} s at {params.sample_rate} Hz")
+
+
+@contextlib.contextmanager
+def _keys_without_echo(fd: int) -> Iterator[bool]:
+    """While the stream runs, let the terminal pass keys on as typed, without echoing them, so that
+    typing never lands on the progress bar's line: the bar shows the line being typed instead.
+    Ctrl-C still interrupts. Yields whether ``fd`` is a terminal; the settings are restored after."""
+    try:
+        import termios
+
+        saved = termios.tcgetattr(fd) if os.isatty(fd) and sys.stderr.isatty() else None
+    except (ImportError, OSError):
+        saved = None
+    if saved is None:
+        yield False
+        return
+    quiet = termios.tcgetattr(fd)
+    quiet[3] &= ~(termios.ICANON | termios.ECHO)
+    quiet[6][termios.VMIN], quiet[6][termios.VTIME] = 1, 0
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def _summary(stream) -> None:

@@ -598,11 +598,14 @@ def _exif(params: SpectrogramParams):
     return exif
 
 
-def read_prompts(stream: Stream, fd: int = 0) -> threading.Thread | None:
+def read_prompts(stream: Stream, fd: int = 0, on_typing: Callable[[str], None] | None = None) -> threading.Thread | None:
     """Queue each line typed on ``fd`` (stdin) as a transition, from a daemon thread.
 
     Reads the raw descriptor with ``select`` so it never blocks shutdown; a closed,
-    missing or finished stdin just ends the thread. Returns the thread, or None when
+    missing or finished stdin just ends the thread. Each line sent is also put in
+    ``stream.messages`` (``next: 'text'``), so it is shown on a line of its own at once.
+    ``on_typing(text)`` gets the line being typed after every keystroke, with backspace
+    applied, for a terminal whose own echo is off. Returns the thread, or None when
     ``fd`` cannot be read.
     """
     import os
@@ -625,11 +628,30 @@ def read_prompts(stream: Stream, fd: int = 0) -> threading.Thread | None:
                 return
             if not chunk:
                 return
-            pending += chunk
+            pending += chunk.replace(b"\r", b"\n")
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                stream.queue_prompt(line.decode("utf-8", "replace"))
+                text = typed_text(line).strip()
+                if text:
+                    stream.queue_prompt(text)
+                    stream.messages.put(f"next: {text!r}")
+            if on_typing is not None:
+                on_typing(typed_text(pending))
 
     thread = threading.Thread(target=reader, name="riffstream-prompts", daemon=True)
     thread.start()
     return thread
+
+
+def typed_text(keys: bytes) -> str:
+    """The text a run of keystrokes leaves: backspace deletes a character, Ctrl-U the whole line."""
+    text: list[str] = []
+    for char in keys.decode("utf-8", "ignore"):
+        if char in "\x7f\b":
+            if text:
+                text.pop()
+        elif char == "\x15":
+            text.clear()
+        elif char.isprintable():
+            text.append(char)
+    return "".join(text)

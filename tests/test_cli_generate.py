@@ -167,3 +167,50 @@ def test_help_documents_the_options(capsys):
                    "--clips-per-transition", "--crossfade", "--model", "--device", "--int8", "--save-spectrograms",
                    "--output-device", "--list-devices", "--decoder", "image-to-audio"):
         assert option in text
+
+
+def test_typing_in_a_terminal_never_lands_on_the_progress_bar(tiny_exported, tmp_path):
+    """In a real pseudo-terminal, the line being typed shows in the bar ("> ja"), is never echoed
+    onto the bar's line, and once sent stands on a line of its own."""
+    import fcntl
+    import pty
+    import re
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 columns wide
+    process = subprocess.Popen(
+        [sys.executable, "-m", "riffstream", "lofi", "--seed", "2", "--no-play", "--out", str(tmp_path / "e.wav"),
+         "--model", "tiny", "--width", str(WIDTH), "--steps", "2", "--cache-dir", str(tiny_exported)],
+        env=_env(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    screen = bytearray()
+
+    def shows(text: bytes) -> bool:
+        while select.select([master], [], [], 0.05)[0]:
+            try:
+                screen.extend(os.read(master, 65536))
+            except OSError:
+                break
+        return text in screen
+
+    try:
+        wait_for(lambda: shows(b" clips ["), 180, process, "the progress bar")
+        for key in b"jazz":
+            os.write(master, bytes([key]))
+            wait_for(lambda: shows(b"clips ["), 5, process)
+        wait_for(lambda: shows(b"> jazz |"), 10, process, "the typed line in the bar")
+        os.write(master, b"\r")
+        wait_for(lambda: shows(b"riffstream: next: 'jazz'"), 10, process, "the sent prompt on its own line")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+        shows(b"")
+    finally:
+        process.kill()
+        os.close(master)
+    assert process.returncode == 130
+    pieces = [p.strip() for p in re.split(r"[\r\n]", screen.decode("utf-8", "replace")) if "ja" in p]
+    assert pieces and all(p.startswith(("> j", "riffstream: next: 'jazz'", "riffstream: queued a transition to 'jazz'"))
+                          for p in pieces), pieces
