@@ -68,38 +68,49 @@ def _shown(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def check_number(value: object, name: str, limits: Limits) -> float | int:
-    """``value`` as a number if it is finite and within ``limits``; else one line naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RiffstreamError(f"{name} must be {limits.describe()}, not {_shown(value)}")
-    if not limits.holds(float(value)):
-        raise RiffstreamError(f"{name} must be {limits.describe()}, not {_shown(value)}")
+def _read(value: object, limits: Limits) -> float | int | None:
+    """``value`` (a number, or text to read as one) if it is within ``limits``, else None."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip()) if limits.integer else float(value)
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                return None
+        except OverflowError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not limits.holds(float(value)):
+        return None
     return int(value) if limits.integer else float(value)
 
 
-def parse_number(text: str, name: str, limits: Limits) -> float | int:
-    """``text`` read as a number (whole where ``limits`` say so) and checked; one line if not."""
-    cleaned = text.strip()
-    try:
-        value: float | int = int(cleaned) if limits.integer else float(cleaned)
-    except ValueError:
+def complaint(value: object, limits: Limits) -> str:
+    """What is wrong with ``value``, to follow an option's name: ``must be a number from 0 to 50, not inf``."""
+    if isinstance(value, str):
         try:
-            value = float(cleaned)
+            value = float(value)
         except ValueError:
-            raise RiffstreamError(f"{name} must be {limits.describe()}, not {text!r}") from None
-    except OverflowError:
-        raise RiffstreamError(f"{name} must be {limits.describe()}, not {text!r}") from None
-    return check_number(value, name, limits)
+            pass
+    return f"must be {limits.describe()}, not {_shown(value)}"
+
+
+def check_number(value: object, name: str, limits: Limits) -> float | int:
+    """``value`` (a number, or text to read as one) if finite and within ``limits``; else one line naming ``name``."""
+    number = _read(value, limits)
+    if number is None:
+        raise RiffstreamError(f"{name} {complaint(value, limits)}")
+    return number
 
 
 def option_type(limits: Limits) -> Callable[[str], float | int]:
     """An argparse ``type`` that reads and checks a number; argparse names the option in its error."""
 
     def read(text: str) -> float | int:
-        try:
-            return parse_number(text, "it", limits)
-        except RiffstreamError as error:
-            raise argparse.ArgumentTypeError(str(error).removeprefix("it ")) from None
+        number = _read(text, limits)
+        if number is None:
+            raise argparse.ArgumentTypeError(complaint(text, limits))
+        return number
 
     read.__name__ = limits.describe()
     return read

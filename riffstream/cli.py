@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from riffstream import checks
-from riffstream.checks import option_type, parse_number
+from riffstream.checks import option_type
 from riffstream.errors import RiffstreamError
 from riffstream.phase import DEFAULT_ITERATIONS
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS
@@ -89,14 +89,14 @@ def _loudness(text: str) -> float | None:
     if text.strip().lower() == "off":
         return None
     try:
-        return parse_number(text, "it", checks.LOUDNESS)
-    except RiffstreamError as error:
-        raise argparse.ArgumentTypeError(f"{str(error).removeprefix('it ')}, or 'off'") from None
+        return option_type(checks.LOUDNESS)(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error}, or 'off'") from None
 
 
 def _subcommand_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="riffstream", exit_on_error=False,
-                                     description="Convert between audio and spectrogram images, or fetch a model.")
+                     description="Convert between audio and spectrogram images, or fetch a model.")
     commands = parser.add_subparsers(dest="command", required=True)
     to_audio = commands.add_parser(
         "image-to-audio", help="turn Riffusion spectrogram images into audio",
@@ -125,7 +125,7 @@ def _subcommand_parser() -> argparse.ArgumentParser:
                     "no network and no export.")
     download.add_argument("model", nargs="?", help="Hugging Face id, local diffusers folder or 'tiny' "
                                                    "(default: the --model default)")
-    _add_model_options(download.add_argument_group("model"), model_help=argparse.SUPPRESS)
+    _add_model_options(download.add_argument_group("model"), with_model=False)
     download.add_argument("--no-progress", action="store_true", help="no progress bar")
     download.set_defaults(run=_download)
     return parser
@@ -159,13 +159,15 @@ play offline later: riffstream download [MODEL].
 """
 
 
-def _add_model_options(group, model_help: str | None = None) -> None:
-    """The options that choose and convert the model, shared by generation and ``download``."""
+def _add_model_options(group, with_model: bool = True) -> None:
+    """The options that choose and convert the model, shared by generation and ``download`` (which takes
+    the model as its argument instead of ``--model``)."""
     from riffstream.model import DEFAULT_DECODER, DEFAULT_MODEL, DEFAULT_SCHEDULER
 
-    group.add_argument("--model", default=DEFAULT_MODEL,
-                       help=model_help or "Hugging Face id, local diffusers or OpenVINO folder, or 'tiny' (offline "
-                                          "random-weight test model: its output is noise) (default: %(default)s)")
+    if with_model:
+        group.add_argument("--model", default=DEFAULT_MODEL,
+                           help="Hugging Face id, local diffusers or OpenVINO folder, or 'tiny' (offline random-weight "
+                                "test model: its output is noise) (default: %(default)s)")
     group.add_argument("--revision", help="model revision on the Hub: branch, tag or commit (default: main)")
     group.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or AUTO (default: %(default)s)")
     group.add_argument("--threads", type=option_type(checks.THREADS), help="inference threads (default: OpenVINO's choice)")
