@@ -304,3 +304,13 @@ def test_a_bad_decoder_is_a_one_line_error(decoder, tiny_model, tmp_path, monkey
     with pytest.raises(RiffstreamError) as excinfo:
         RiffusionModel.load(options, progress=False)
     assert "decoder" in _one_line_error(excinfo).lower()
+
+
+@pytest.mark.parametrize("option, value", [("guidance", float("inf")), ("guidance", float("nan")), ("steps", 0),
+                                           ("steps", 2.5), ("strength", float("nan"))])
+def test_the_api_refuses_numbers_out_of_range_in_one_line(tiny_model, init_image, option, value):
+    embeds = tiny_model.encode_prompt("x")
+    with pytest.raises(RiffstreamError) as excinfo:
+        tiny_model.generate(embeds, latents=noise_for_seed(0, tiny_model.latents_shape), init_image=init_image,
+                            **{"steps": 2, option: value})
+    assert _one_line_error(excinfo).startswith(f"{option} must be")

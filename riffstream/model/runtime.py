@@ -22,6 +22,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from riffstream import checks
+from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
 from riffstream.model.options import (
     DEFAULT_GUIDANCE,
@@ -183,6 +185,8 @@ class RiffusionModel:
         is called after each step with the 0-based step index.
         """
         pipe = self._pipe
+        steps = check_number(steps, "steps", checks.STEPS)
+        guidance = check_number(guidance, "guidance", checks.GUIDANCE)
         do_cfg = guidance > 1.0
 
         # 1. Prompt embeddings
@@ -198,8 +202,7 @@ class RiffusionModel:
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps
         if init_latents is not None:
-            if not 0.0 < strength <= 1.0:
-                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            strength = check_number(strength, "strength", checks.STRENGTH)
             t_start = steps - min(int(steps * strength), steps)
             timesteps = timesteps[t_start * scheduler.order :]
             if hasattr(scheduler, "set_begin_index"):
