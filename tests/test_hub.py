@@ -58,6 +58,10 @@ def hub(published, tmp_path_factory):
         hub.add_repo("riffusion/gated-model", published, gated=True)
         twins = _with_twins(published, tmp_path_factory.mktemp("twins") / "repo")
         hub.add_repo("riffstream-test/with-safetensors", twins)
+        sdxl = shutil.copytree(published, tmp_path_factory.mktemp("sdxl") / "repo")
+        index = json.loads((sdxl / "model_index.json").read_text())
+        (sdxl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
+        hub.add_repo("riffstream-test/sdxl-like", sdxl)
         yield hub
 
 
@@ -235,6 +239,13 @@ def test_hub_errors_are_one_line_and_leave_no_cache_entry(hub, tmp_path, args, e
     assert expected in _one_line_error(result)
     _no_half_made_entries(tmp_path)
     assert not _snapshot_files(tmp_path / "hf", args[1])
+
+
+def test_a_hub_repo_that_is_not_sd1_is_refused_before_any_weights_download(hub, tmp_path):
+    result = _run(["download", "riffstream-test/sdxl-like", "--no-progress"], _env(tmp_path, hub.url))
+    assert "is a Stable Diffusion XL pipeline" in _one_line_error(result)
+    assert not [name for name in hub.files_requested("riffstream-test/sdxl-like") if name.endswith((".bin", ".safetensors"))]
+    _no_half_made_entries(tmp_path)
 
 
 def test_a_connection_that_keeps_breaking_mid_file_is_one_line_and_leaves_no_cache_entry(hub, tmp_path):
