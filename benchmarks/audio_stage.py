@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from riffstream import SpectrogramParams, audio_to_image, image_to_audio  # noqa: E402
 from riffstream.spectrogram import mel_from_image  # noqa: E402
+from machine import machine  # noqa: E402
 from tests.fidelity import spectral_convergence_db  # noqa: E402
 from tests.realmusic import TRACKS, real_music  # noqa: E402
 from tests.reference import reference_audio_from_mel  # noqa: E402
@@ -84,6 +85,7 @@ def main() -> None:
         "sc_gain_db": round(mean("reference_sc_db") - mean("ours_sc_db"), 2),
         "worst_clip_sc_gain_db": round(min(r["reference_sc_db"] - r["ours_sc_db"] for r in rows), 2),
     }
+    summary.update(machine())
     summary["target_speed_met"] = summary["riffstream_s_per_clip"] <= 0.5
     summary["target_fidelity_met"] = summary["sc_gain_db"] >= 2.5
     print(

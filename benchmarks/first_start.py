@@ -31,16 +31,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 REPO = "riffusion/riffusion-model-v1"
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features that decide OpenVINO's kernels, from /proc/cpuinfo."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    found = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
-    return [flag for flag in FLAGS if flag in found]
-
-
 def timed_lines(command: list[str], env: dict) -> tuple[int, list[tuple[float, str]], float]:
     """Run ``command``; return its exit status, its stderr lines with the seconds since start, and its wall time."""
     began = time.monotonic()
@@ -58,6 +48,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the benchmark's checkpoint is kept")
     args = parser.parse_args()
 
+    from machine import machine
     from model_step import source_folder
 
     from riffstream.model import default_cache_dir
@@ -102,8 +93,7 @@ def main() -> None:
         print(f"  {size / 1e6:10.2f} MB  {name}", file=sys.stderr)
     report = {
         "model": "sd15-random (full size), Riffusion's published layout",
-        "cpu_flags": cpu_flags(),
-        "cores": os.cpu_count(),
+        **machine(),
         "files_fetched": len(fetched),
         "fetched_gb": round(sum(sizes.values()) / 1e9, 3),
         "download_s_loopback": round(download_s, 1),

@@ -274,7 +274,9 @@ def main() -> None:
         print(msg, flush=True)
 
     common = ["--cache-dir", str(cache), "--steps", str(args.steps)]
-    report: dict = {"height": HEIGHT, "width": WIDTH, "cfg_batch": 2, "cpu_count": os.cpu_count()}
+    from machine import machine
+
+    report: dict = {"height": HEIGHT, "width": WIDTH, "cfg_batch": 2, **machine()}
 
     log(f"cache: {cache}")
     prep = run_phase(["--phase", "prepare", *common], log)

@@ -35,6 +35,7 @@ from riffstream import SpectrogramParams  # noqa: E402
 from riffstream.phase import reconstruct  # noqa: E402
 from riffstream.spectrogram import mel_from_image, params_for_image  # noqa: E402
 from riffstream.stitch import DEFAULT_CROSSFADE, ClipStitcher, overlap_frames, stitched_length, true_peak  # noqa: E402
+from machine import machine  # noqa: E402
 from tests.realmusic import TRACKS, real_music, windows_as_images  # noqa: E402
 
 WIDTH = 512
@@ -148,6 +149,7 @@ def main() -> None:
         "clip_lufs_min": round(float(all_lufs.min()), 2), "clip_lufs_max": round(float(all_lufs.max()), 2),
         "max_true_peak_dbtp": round(max(row["true_peak_dbtp"] for row in loudness_rows), 2),
     }
+    summary.update(machine())
     summary["target_seam_met"] = summary["after"]["seam_minus_interior_db"] <= 1.0
     summary["target_loudness_met"] = bool(np.all(np.abs(all_lufs + 14.0) <= 1.0)) and summary["max_true_peak_dbtp"] < -1.0
     print(json.dumps(summary))

@@ -101,7 +101,10 @@ def main() -> None:
     outside = max(0.0, wall - stats.denoise_seconds) / wall
     first, last = stats.denoise_span
     steady = max(0.0, (last - first) - stats.denoise_seconds) / (last - first)
+    from machine import machine
+
     report = {
+        **machine(),
         "model": name,
         "decoder": args.decoder,
         "steps": args.steps,

@@ -399,7 +399,7 @@ def _download(args: argparse.Namespace) -> None:
     except Exception as error:
         detail = " ".join(str(error).split()) or type(error).__name__
         raise RiffstreamError(f"cannot prepare model {name!r}: {detail[:300]}") from None
-    play = f'riffstream "lofi to jazz"' + ("" if name == DEFAULT_MODEL else f" --model {name}")
+    play = 'riffstream "lofi to jazz"' + ("" if name == DEFAULT_MODEL else f" --model {name}")
     note = " (a random-weight test model: noise, not music)" if name == TINY_MODEL else ""
     print(f"ready in {time.monotonic() - began:.1f} s: {name}{note} is exported in {ir}; it now plays offline: {play}")
 
