@@ -36,10 +36,12 @@ CROSSFADE = round(min(1.0, WIDTH / 100 / 4) * 100) * 441  # the default for narr
 NEW_PER_CLIP = (CLIP - CROSSFADE) / RATE
 #: Denoising steps per clip, on one inference thread (so that the speed depends on a core's
 #: speed, not on how many there are, and the audio thread and the player keep a core).
-#: Measured on this 2-core machine: the tiny model at 512 x 64 takes about 0.064 s a step on
-#: one thread (0.042 s on two) and the audio stage 0.07 s a clip, when the machine is idle;
-#: about 1.7 s a clip, 3.4 times slower than real time, and slower still when it is busy.
-STEPS = 24
+#: Measured on an AVX2-only (Zen 3) machine of this kind: the tiny model at 512 x 64 takes about
+#: 0.064 s a step on one thread and the audio stage 0.07 s a clip, when idle; on an AVX-512
+#: (Zen 4) one a step took half that, and 24 steps made a clip every 0.8 s, too close to the
+#: 0.48 s of audio it adds for the loop test to show its repeats. 48 steps keep every machine
+#: seen at least 3 times slower than real time (about 1.6 s a clip on Zen 4, 3.1 s on Zen 3).
+STEPS = 48
 THREADS = 1
 #: Seconds of live play before Ctrl-C, counted from the first audio ...
 PLAY = 5.0
