@@ -1,4 +1,4 @@
-"""Range checks for every number riffstream takes, from the command line or the Python API.
+"""Checks for every number and input file riffstream takes, from the command line or the Python API.
 
 One function says what is allowed and what was given, in one line that names the option:
 ``--guidance must be a number from 0 to 50, not inf``. The command line uses
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from riffstream.errors import RiffstreamError
 
@@ -56,6 +58,22 @@ STRENGTH = Limits(0, 1, above=True)
 WIDTH = Limits(8, 4096, integer=True, unit="pixels")
 THREADS = Limits(1, 1024, integer=True)
 ITERATIONS = Limits(0, 1000, integer=True)
+
+
+def check_input_file(path: str | os.PathLike[str], kind: str, content: str) -> Path:
+    """``path`` as a Path if it can be read as a ``kind`` ("audio file") holding ``content`` ("audio");
+    else one line saying what it is instead: missing, a directory, a pipe, or empty (``/dev/null`` too)."""
+    path = Path(path)
+    article = "an" if kind[:1] in "aeiou" else "a"
+    if path.is_dir():
+        raise RiffstreamError(f"{path} is a directory, not {article} {kind}")
+    if not path.exists():
+        raise RiffstreamError(f"no such {kind}: {path}")
+    if path.is_fifo() or path.is_socket():
+        raise RiffstreamError(f"{path} is not a regular file: give {article} {kind}")
+    if path.stat().st_size == 0:
+        raise RiffstreamError(f"{path} is empty: it holds no {content}")
+    return path
 
 
 def _shown(value: object) -> str:

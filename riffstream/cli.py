@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,10 @@ from riffstream.checks import option_type
 from riffstream.errors import RiffstreamError
 from riffstream.phase import DEFAULT_ITERATIONS
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS
+
+if TYPE_CHECKING:
+    from riffstream.model import ModelOptions
+    from riffstream.stream import StreamOptions
 
 #: Exit status for user-fixable errors (argparse uses 2 for usage errors too).
 EXIT_ERROR = 2
@@ -261,8 +266,9 @@ def _format_seconds(seconds: float) -> str:
 class GenerationPlan:
     """A generation command, parsed and checked: everything but the model is known to be usable."""
 
-    stream: object  # riffstream.stream.StreamOptions
-    model: object  # riffstream.model.ModelOptions
+    stream: StreamOptions
+    model: ModelOptions
+    fallback: ModelOptions | None  # --fallback-model's, used if the Hub is unreachable and --model is not cached
     output_device: str | None  # the sound card's name, or None when not playing
 
 
@@ -283,9 +289,9 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
     if args.width % 8:
         raise RiffstreamError(f"--width must be a multiple of 8, not {args.width}")
     model = _model_options(args, args.model)
-    model.check()
-    if args.fallback_model is not None:
-        _model_options(args, args.fallback_model).check()
+    fallback = _model_options(args, args.fallback_model) if args.fallback_model not in (None, args.model) else None
+    for checked in filter(None, (model, fallback)):
+        checked.check()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     spectrograms = Path(args.save_spectrograms) if args.save_spectrograms is not None else None
     options = StreamOptions(
@@ -300,7 +306,7 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
         check_writable(args.out)
     if spectrograms is not None:
         check_folder_writable(spectrograms)
-    return GenerationPlan(options, model, check_output_device(args.output_device) if play else None)
+    return GenerationPlan(options, model, fallback, check_output_device(args.output_device) if play else None)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -310,7 +316,7 @@ def _generate(args: argparse.Namespace) -> None:
         print(list_devices())
         return
     plan = plan_generation(args)
-    model = _load_model(args)
+    model = _load_model(plan, progress=not args.no_progress)
     if model.is_tiny:
         print("riffstream: note: the tiny model has random weights: its output is noise, not music",
               file=sys.stderr)
@@ -334,7 +340,7 @@ def _init_image(path: str | None, width: int):
     return Image.fromarray(np.ascontiguousarray(np.tile(pixels, (1, repeats, 1))[:, :width]))
 
 
-def _model_options(args: argparse.Namespace, model: str):
+def _model_options(args: argparse.Namespace, model: str) -> ModelOptions:
     from riffstream.model import ModelOptions
 
     return ModelOptions(
@@ -356,49 +362,50 @@ def _report_store_progress() -> None:
         log.propagate = False
 
 
-def _load_model(args: argparse.Namespace):
+@contextlib.contextmanager
+def _model_stack(failure: str) -> Iterator[None]:
+    """Quiet the model libraries, show the store's progress lines, and turn anything unexpected
+    they raise into one line starting with ``failure``."""
     _quiet_libraries()
     _report_store_progress()
-    from riffstream.model import RiffusionModel
-    from riffstream.model.hub import HubUnreachable
-
-    options = _model_options(args, args.model)
-    print(f"riffstream: loading {args.model} ...", file=sys.stderr)
-    began = time.monotonic()
     try:
-        try:
-            model = RiffusionModel.load(options, progress=not args.no_progress)
-        except HubUnreachable as error:
-            if not args.fallback_model or args.fallback_model == args.model:
-                raise
-            print(f"riffstream: note: {error} Using {args.fallback_model} instead.", file=sys.stderr)
-            model = RiffusionModel.load(_model_options(args, args.fallback_model), progress=not args.no_progress)
+        yield
     except (RiffstreamError, KeyboardInterrupt):
         raise
     except Exception as error:
         detail = " ".join(str(error).split()) or type(error).__name__
-        raise RiffstreamError(f"cannot load model {args.model!r}: {detail[:300]}") from None
+        raise RiffstreamError(f"{failure}: {detail[:300]}") from None
+
+
+def _load_model(plan: GenerationPlan, progress: bool):
+    with _model_stack(f"cannot load model {plan.model.model!r}"):
+        from riffstream.model import RiffusionModel
+        from riffstream.model.hub import HubUnreachable
+
+        print(f"riffstream: loading {plan.model.model} ...", file=sys.stderr)
+        began = time.monotonic()
+        try:
+            model = RiffusionModel.load(plan.model, progress=progress)
+        except HubUnreachable as error:
+            if plan.fallback is None:
+                raise
+            print(f"riffstream: note: {error} Using {plan.fallback.model} instead.", file=sys.stderr)
+            model = RiffusionModel.load(plan.fallback, progress=progress)
     print(f"riffstream: model ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
     return model
 
 
 def _download(args: argparse.Namespace) -> None:
-    _quiet_libraries()
-    _report_store_progress()
     from riffstream.model import DEFAULT_MODEL, TINY_MODEL
-    from riffstream.model.store import resolve_decoder, resolve_ir
 
     name = args.model or DEFAULT_MODEL
     options = _model_options(args, name)
     began = time.monotonic()
-    try:
+    with _model_stack(f"cannot prepare model {name!r}"):
+        from riffstream.model.store import resolve_decoder, resolve_ir
+
         ir = resolve_ir(options, progress=not args.no_progress, refresh=True)
         resolve_decoder(options, progress=not args.no_progress)
-    except (RiffstreamError, KeyboardInterrupt):
-        raise
-    except Exception as error:
-        detail = " ".join(str(error).split()) or type(error).__name__
-        raise RiffstreamError(f"cannot prepare model {name!r}: {detail[:300]}") from None
     play = 'riffstream "lofi to jazz"' + ("" if name == DEFAULT_MODEL else f" --model {name}")
     note = " (a random-weight test model: noise, not music)" if name == TINY_MODEL else ""
     print(f"ready in {time.monotonic() - began:.1f} s: {name}{note} is exported in {ir}; it now plays offline: {play}")

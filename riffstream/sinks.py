@@ -16,6 +16,7 @@ from types import TracebackType
 import numpy as np
 import soundfile
 
+from riffstream.checks import check_input_file
 from riffstream.errors import RiffstreamError
 
 #: Container and sample format for each extension soundfile can stream to.
@@ -125,15 +126,7 @@ def write_audio(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: 
 
 def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     """(channels, samples) float64 audio and its sample rate from any file libsndfile reads."""
-    path = Path(path)
-    if path.is_dir():
-        raise RiffstreamError(f"{path} is a directory, not an audio file")
-    if not path.exists():
-        raise RiffstreamError(f"no such audio file: {path}")
-    if path.is_fifo() or path.is_socket():
-        raise RiffstreamError(f"{path} is not a regular file: give an audio file")
-    if path.stat().st_size == 0:  # /dev/null too
-        raise RiffstreamError(f"{path} is empty: it holds no audio")
+    path = check_input_file(path, "audio file", "audio")
     try:
         samples, sample_rate = soundfile.read(path, dtype="float64", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as error:

@@ -17,7 +17,6 @@ import math
 import os
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,6 +24,7 @@ import scipy.fft
 import scipy.signal
 from PIL import Image, UnidentifiedImageError
 
+from riffstream.checks import check_input_file
 from riffstream.errors import RiffstreamError
 
 #: Riffusion reads int16-scaled samples, so the magnitudes it stores in EXIF are 32768
@@ -257,15 +257,7 @@ def image_from_mel(mel: np.ndarray, params: SpectrogramParams) -> Image.Image:
 
 def read_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open and fully decode an image file, with one-line errors for missing or broken files."""
-    path = Path(path)
-    if path.is_dir():
-        raise RiffstreamError(f"{path} is a directory, not an image")
-    if not path.exists():
-        raise RiffstreamError(f"no such image: {path}")
-    if path.is_fifo() or path.is_socket():
-        raise RiffstreamError(f"{path} is not a regular file: give a PNG image")
-    if path.stat().st_size == 0:  # /dev/null too
-        raise RiffstreamError(f"{path} is empty: it holds no image")
+    path = check_input_file(path, "image", "image")
     try:
         with Image.open(path) as image:
             image.load()

@@ -272,6 +272,7 @@ def validate(options: StreamOptions, clip_width: int) -> None:
     if not 0 <= crossfade_seconds(options, clip_width) <= clip_s / 2 - EDGE_FADE:
         raise RiffstreamError(f"crossfade must be between 0 and {clip_s / 2 - EDGE_FADE:.2f} s for {clip_s:.2f}-s clips")
 
+
 class Stream:
     """One run of the stream: a model, options, an optional file writer and an optional player.
 

@@ -232,8 +232,7 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
     ``refresh`` asks the Hub for the model's latest files even when a cached snapshot is
     complete (``riffstream download``); an export is rebuilt only if its source changed.
     """
-    if options.quantization not in QUANTIZATIONS:
-        raise RiffstreamError(f"Unknown quantization {options.quantization!r}: use one of int8, hybrid, or none.")
+    options.check()
     cache = options.cache
     path = Path(options.model).expanduser()
     if path.is_dir() and is_ov_folder(path):
