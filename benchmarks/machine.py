@@ -21,6 +21,13 @@ def cpu_flags() -> list[str]:
     return [flag for flag in FLAGS if flag in found]
 
 
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo."""
+    cpuinfo = Path("/proc/cpuinfo")
+    match = re.search(r"^model name\s*:(.*)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else None
+    return match.group(1).strip() if match else "unknown"
+
+
 def machine() -> dict:
-    """``cpu_flags`` and ``cores`` for a benchmark's JSON line."""
-    return {"cpu_flags": cpu_flags(), "cores": os.cpu_count()}
+    """``cpu_model``, ``cpu_flags`` and ``cores`` for a benchmark's JSON line."""
+    return {"cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count()}

@@ -58,6 +58,7 @@ STRENGTH = Limits(0, 1, above=True)
 WIDTH = Limits(8, 4096, integer=True, unit="pixels")
 THREADS = Limits(1, 1024, integer=True)
 ITERATIONS = Limits(0, 1000, integer=True)
+LORA_SCALE = Limits(-10, 10)
 
 
 def check_input_file(path: str | os.PathLike[str], kind: str, content: str) -> Path:

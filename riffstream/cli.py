@@ -99,6 +99,16 @@ def _loudness(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{error}, or 'off'") from None
 
 
+def _lora(text: str):
+    """``--lora SOURCE[:SCALE]``."""
+    from riffstream.model.options import parse_lora
+
+    try:
+        return parse_lora(text)
+    except RiffstreamError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _subcommand_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="riffstream", exit_on_error=False,
                      description="Convert between audio and spectrogram images, or fetch a model.")
@@ -131,6 +141,9 @@ def _subcommand_parser() -> argparse.ArgumentParser:
     download.add_argument("model", nargs="?", help="Hugging Face id, local diffusers folder or 'tiny' "
                                                    "(default: the --model default)")
     _add_model_options(download.add_argument_group("model"), with_model=False)
+    download.add_argument("--preset", choices=("all", "live", "quality"), default="all",
+                          help="which presets' exports to prepare: live (with LCM-LoRA and TAESD), quality, or all "
+                               "(default: %(default)s)")
     download.add_argument("--no-progress", action="store_true", help="no progress bar")
     download.set_defaults(run=_download)
     return parser
@@ -167,7 +180,8 @@ play offline later: riffstream download [MODEL].
 def _add_model_options(group, with_model: bool = True) -> None:
     """The options that choose and convert the model, shared by generation and ``download`` (which takes
     the model as its argument instead of ``--model``)."""
-    from riffstream.model import DEFAULT_DECODER, DEFAULT_MODEL, DEFAULT_SCHEDULER
+    from riffstream.model import DEFAULT_MODEL
+    from riffstream.model.options import PRECISIONS, SCHEDULERS
 
     if with_model:
         group.add_argument("--model", default=DEFAULT_MODEL,
@@ -181,17 +195,26 @@ def _add_model_options(group, with_model: bool = True) -> None:
                        help="8-bit weight compression (exported once, cached)")
     quant.add_argument("--hybrid", action="store_const", const="hybrid", dest="quantization",
                        help="hybrid int8 quantisation of the UNet (calibrated once on built-in prompts, cached)")
-    group.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="dpm++, ddim, pndm, euler or lms (default: %(default)s)")
-    group.add_argument("--decoder", default=DEFAULT_DECODER,
+    group.add_argument("--scheduler", choices=sorted(SCHEDULERS), metavar="NAME",
+                       help="dpm++, ddim, pndm, euler, lms or lcm (default: the preset's)")
+    group.add_argument("--decoder",
                        help="latents to image: 'vae' (the model's own, most faithful), 'taesd' (madebyollin/taesd: "
                             "about 14x faster, a little softer), or a folder or Hub id of a diffusers "
-                            "AutoencoderTiny (default: %(default)s)")
+                            "AutoencoderTiny (default: the preset's)")
+    group.add_argument("--lora", action="append", default=[], metavar="SOURCE[:SCALE]", type=_lora,
+                       help="fuse a LoRA into the model before export (cached per adapter and scale): a Hub id "
+                            "(owner/name[/file.safetensors]), a .safetensors file or its folder, or 'lcm' (LCM-LoRA); "
+                            "SCALE defaults to 1; repeatable")
+    group.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="CPU inference precision: auto takes bf16 where the CPU has bf16 units (about 1.9x "
+                            "faster), else f32; f32 is the exact path (default: %(default)s)")
     group.add_argument("--cache-dir", metavar="DIR", help="where exported models are cached "
                                                           "(default: $RIFFSTREAM_CACHE or the user cache dir)")
 
 
 def _generation_parser() -> argparse.ArgumentParser:
     from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from riffstream.model.options import PRESET_NAMES, PRESETS
     from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
     from riffstream.stream import DEFAULT_STRENGTH
 
@@ -215,9 +238,15 @@ def _generation_parser() -> argparse.ArgumentParser:
     gen = parser.add_argument_group("generation")
     gen.add_argument("--seed", type=option_type(checks.SEED), help="random seed; the same seed and options give the same audio "
                                               "(default: a random one, printed)")
-    gen.add_argument("--steps", type=option_type(checks.STEPS), default=DEFAULT_STEPS, help="denoising steps per clip (default: %(default)s)")
-    gen.add_argument("--guidance", type=option_type(checks.GUIDANCE), default=DEFAULT_GUIDANCE,
-                     help="classifier-free guidance scale (default: %(default)s)")
+    gen.add_argument("--preset", choices=PRESET_NAMES, default="auto",
+                     help="live: LCM-LoRA, 4 steps, no guidance, TAESD, several times faster; quality: the model as "
+                          "trained, 20 steps, guidance 7, its own VAE; auto: live for live play on a CPU, quality "
+                          "otherwise (default: %(default)s). --steps, --guidance, --scheduler and --decoder override it")
+    gen.add_argument("--steps", type=option_type(checks.STEPS),
+                     help=f"denoising steps per clip (default: the preset's, {PRESETS['live'].steps} or {DEFAULT_STEPS})")
+    gen.add_argument("--guidance", type=option_type(checks.GUIDANCE),
+                     help="classifier-free guidance scale; 1 or less runs the UNet once a step, not twice "
+                          f"(default: the preset's, {PRESETS['live'].guidance:g} or {DEFAULT_GUIDANCE:g})")
     gen.add_argument("--negative-prompt", metavar="TEXT", help="what to steer away from, e.g. \"vocals, noise\"")
     gen.add_argument("--clips-per-transition", type=option_type(checks.CLIPS_PER_TRANSITION), default=DEFAULT_CLIPS_PER_TRANSITION, metavar="N",
                      help="clips a transition takes in endless play; on one prompt the seed walks on every N clips "
@@ -270,6 +299,7 @@ class GenerationPlan:
     model: ModelOptions
     fallback: ModelOptions | None  # --fallback-model's, used if the Hub is unreachable and --model is not cached
     output_device: str | None  # the sound card's name, or None when not playing
+    preset: str  # "live" or "quality": what --preset (auto by default) came to
 
 
 def plan_generation(args: argparse.Namespace) -> GenerationPlan:
@@ -288,14 +318,17 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
         raise RiffstreamError("--no-play needs --out FILE: otherwise there is nothing to do")
     if args.width % 8:
         raise RiffstreamError(f"--width must be a multiple of 8, not {args.width}")
-    model = _model_options(args, args.model)
-    fallback = _model_options(args, args.fallback_model) if args.fallback_model not in (None, args.model) else None
+    preset = _preset(args, play)
+    model = _model_options(args, args.model, preset)
+    fallback = (_model_options(args, args.fallback_model, preset)
+                if args.fallback_model not in (None, args.model) else None)
     for checked in filter(None, (model, fallback)):
         checked.check()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     spectrograms = Path(args.save_spectrograms) if args.save_spectrograms is not None else None
     options = StreamOptions(
-        prompts=tuple(prompts), seed=seed, steps=args.steps, guidance=args.guidance,
+        prompts=tuple(prompts), seed=seed, steps=args.steps or preset.steps,
+        guidance=preset.guidance if args.guidance is None else args.guidance,
         negative_prompt=args.negative_prompt, clips_per_transition=args.clips_per_transition,
         crossfade=args.crossfade, loudness=args.loudness, init_image=_init_image(args.init_audio, args.width),
         strength=args.strength, continuation=args.continuation, duration=duration, save_spectrograms=spectrograms,
@@ -306,7 +339,8 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
         check_writable(args.out)
     if spectrograms is not None:
         check_folder_writable(spectrograms)
-    return GenerationPlan(options, model, fallback, check_output_device(args.output_device) if play else None)
+    return GenerationPlan(options, model, fallback, check_output_device(args.output_device) if play else None,
+                          preset.name)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -316,6 +350,9 @@ def _generate(args: argparse.Namespace) -> None:
         print(list_devices())
         return
     plan = plan_generation(args)
+    if args.preset == "auto" and plan.preset == "live":
+        print("riffstream: live preset for live play on a CPU (LCM-LoRA, 4 steps, TAESD); --preset quality plays "
+              "the model as trained, far slower than real time here", file=sys.stderr)
     model = _load_model(plan, progress=not args.no_progress)
     if model.is_tiny:
         print("riffstream: note: the tiny model has random weights: its output is noise, not music",
@@ -340,13 +377,36 @@ def _init_image(path: str | None, width: int):
     return Image.fromarray(np.ascontiguousarray(np.tile(pixels, (1, repeats, 1))[:, :width]))
 
 
-def _model_options(args: argparse.Namespace, model: str) -> ModelOptions:
+@dataclass(frozen=True)
+class _ChosenPreset:
+    name: str
+    steps: int
+    guidance: float
+    scheduler: str
+    decoder: str
+    loras: tuple
+
+
+def _preset(args: argparse.Namespace, playing: bool, name: str | None = None) -> _ChosenPreset:
+    """The preset ``--preset`` (or ``name``) comes to, before per-option overrides."""
+    from riffstream.model.options import PRESETS, auto_preset
+
+    name = name or getattr(args, "preset", "auto")
+    if name == "auto":
+        name = auto_preset(playing, args.device)
+    preset = PRESETS[name]
+    return _ChosenPreset(name, preset.steps, preset.guidance, preset.scheduler, preset.decoder, preset.loras)
+
+
+def _model_options(args: argparse.Namespace, model: str, preset: _ChosenPreset) -> ModelOptions:
     from riffstream.model import ModelOptions
 
+    loras = preset.loras + tuple(lora for lora in args.lora if lora not in preset.loras)
     return ModelOptions(
         model=model, revision=args.revision, device=args.device, threads=args.threads, height=512,
-        width=getattr(args, "width", 512), quantization=args.quantization, scheduler=args.scheduler,
-        decoder=args.decoder, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+        width=getattr(args, "width", 512), quantization=args.quantization,
+        scheduler=args.scheduler or preset.scheduler, decoder=args.decoder or preset.decoder, loras=loras,
+        precision=args.precision, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
 
 
 def _report_store_progress() -> None:
@@ -399,16 +459,28 @@ def _download(args: argparse.Namespace) -> None:
     from riffstream.model import DEFAULT_MODEL, TINY_MODEL
 
     name = args.model or DEFAULT_MODEL
-    options = _model_options(args, name)
+    presets = ("quality", "live") if args.preset == "all" else (args.preset,)
     began = time.monotonic()
+    exported = []
     with _model_stack(f"cannot prepare model {name!r}"):
+        from riffstream.model.hub import HubUnreachable
         from riffstream.model.store import resolve_decoder, resolve_ir
 
-        ir = resolve_ir(options, progress=not args.no_progress, refresh=True)
-        resolve_decoder(options, progress=not args.no_progress)
+        for number, preset in enumerate(presets):
+            options = _model_options(args, name, _preset(args, playing=False, name=preset))
+            try:
+                ir = resolve_ir(options, progress=not args.no_progress, refresh=number == 0)
+                resolve_decoder(options, progress=not args.no_progress)
+            except HubUnreachable as error:
+                if number == 0:
+                    raise
+                print(f"riffstream: note: the {preset} preset is not prepared: {error}", file=sys.stderr)
+                continue
+            exported.append(f"{preset} preset in {ir}")
     play = 'riffstream "lofi to jazz"' + ("" if name == DEFAULT_MODEL else f" --model {name}")
     note = " (a random-weight test model: noise, not music)" if name == TINY_MODEL else ""
-    print(f"ready in {time.monotonic() - began:.1f} s: {name}{note} is exported in {ir}; it now plays offline: {play}")
+    print(f"ready in {time.monotonic() - began:.1f} s: {name}{note} is exported ({'; '.join(exported)}); "
+          f"it now plays offline: {play}")
 
 
 def _stream(args: argparse.Namespace, model, options, device_name: str | None) -> None:

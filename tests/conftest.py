@@ -19,10 +19,11 @@ def model_cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(model_cache_dir):
-    """The tiny model, exported once per session through the same code path as real models."""
+    """The tiny model, exported once per session through the same code path as real models; in f32,
+    the exact path the parity tests hold to diffusers' (bf16 has its own test and bound)."""
     from riffstream.model import ModelOptions, RiffusionModel
 
-    options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, cache_dir=model_cache_dir)
+    options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, cache_dir=model_cache_dir, precision="f32")
     return RiffusionModel.load(options, progress=False)
 
 

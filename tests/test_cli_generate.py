@@ -44,6 +44,7 @@ def test_live_output_equals_the_rendered_file(tiny_exported, tmp_path):
         env=_env(home), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
     assert "0 underruns" in result.stderr and "noise, not music" in result.stderr
+    assert "live preset for live play on a CPU" in result.stderr  # the default for live play: LCM-LoRA, TAESD
     rendered, rate = soundfile.read(out, dtype="float32")
     assert rate == RATE and rendered.shape == (2 * RATE,)
     captured = np.fromfile(played, dtype=np.float32)

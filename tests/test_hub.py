@@ -22,10 +22,12 @@ import pytest
 import soundfile
 
 from riffstream.model.checkpoint import select_files
-from riffstream.model.tiny import build_tiny_pipeline
+from riffstream.model.tiny import build_tiny_decoder, build_tiny_lora, build_tiny_pipeline
 from tests.standin_hub import StandInHub
 
 REPO = "riffusion/riffusion-model-v1"
+LCM_REPO = "latent-consistency/lcm-lora-sdv1-5"
+TAESD_REPO = "madebyollin/taesd"
 WIDTH = 64
 FAST = ["--width", str(WIDTH), "--steps", "2", "--no-progress"]
 PIPELINE_FILES = {
@@ -62,6 +64,13 @@ def hub(published, tmp_path_factory):
         index = json.loads((sdxl / "model_index.json").read_text())
         (sdxl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
         hub.add_repo("riffstream-test/sdxl-like", sdxl)
+        # The live preset's adapter and decoder, laid out as published, at the tiny model's size.
+        lcm = build_tiny_lora(tmp_path_factory.mktemp("lcm") / "lcm-lora-sdv1-5")
+        (lcm / "README.md").write_text("---\nlibrary_name: diffusers\nbase_model: runwayml/stable-diffusion-v1-5\n---\n")
+        hub.add_repo(LCM_REPO, lcm)
+        taesd = build_tiny_decoder(tmp_path_factory.mktemp("taesd") / "taesd")
+        (taesd / "taesd_decoder.pth").write_bytes(np.random.default_rng(1).bytes(1 << 16))
+        hub.add_repo(TAESD_REPO, taesd)
         yield hub
 
 
@@ -342,3 +351,35 @@ def test_without_network_the_fallback_model_plays_and_says_so(tiny_exported, tmp
     assert "noise, not music" in result.stderr and soundfile.info(out).frames == 2 * 44100
     plain = _run(["lofi", "--duration", "2", "--no-play", "--out", str(out), *FAST], offline)
     assert "riffstream download riffusion/riffusion-model-v1" in _one_line_error(plain)
+
+
+def test_the_live_preset_fetches_lcm_lora_and_taesd_once_then_plays_offline(hub, first_start, tmp_path):
+    tmp, env, first, _ = first_start
+    assert first.returncode == 0, first.stderr
+    env = dict(env, RIFFSTREAM_CACHE=str(tmp_path / "cache"))
+    args = ["lofi", "--preset", "live", "--duration", "3", "--seed", "2", "--no-play", *FAST]
+    result = _run([*args, "--out", str(tmp_path / "live.wav")], env)
+    assert result.returncode == 0, result.stderr
+    assert hub.files_requested(LCM_REPO) == {"pytorch_lora_weights.safetensors"}
+    assert hub.files_requested(TAESD_REPO) == {"config.json", "diffusion_pytorch_model.safetensors"}
+    assert "fusing LoRA lcm into the model" in result.stderr and "exporting to OpenVINO: once" in result.stderr
+    served = len(hub.requests)
+    offline = _run([*args, "--out", str(tmp_path / "again.wav")], dict(env, HF_ENDPOINT=DEAD_ENDPOINT))
+    assert offline.returncode == 0, offline.stderr
+    assert "exporting" not in offline.stderr and len(hub.requests) == served
+    live, again = soundfile.read(tmp_path / "live.wav")[0], soundfile.read(tmp_path / "again.wav")[0]
+    assert len(live) == 3 * 44100 and np.abs(live).max() > 0
+    np.testing.assert_array_equal(live, again)
+    quality = soundfile.read(first_start[3])[0]
+    assert not np.allclose(live[: len(quality)], quality)
+
+
+def test_without_network_an_uncached_lora_is_one_line_that_says_how_to_get_it(hub, first_start, tmp_path):
+    tmp, env, first, _ = first_start
+    assert first.returncode == 0, first.stderr
+    offline = dict(env, HF_ENDPOINT=DEAD_ENDPOINT, RIFFSTREAM_CACHE=str(tmp_path / "cache"))
+    result = _run(["lofi", "--lora", "someone/never-fetched-lora:0.8", "--no-play", "--out", str(tmp_path / "x.wav"),
+                   *FAST], offline)
+    line = _one_line_error(result)
+    assert "LoRA someone/never-fetched-lora" in line and "riffstream download" in line, line
+    assert not (tmp_path / "x.wav").exists()

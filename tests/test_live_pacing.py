@@ -160,7 +160,8 @@ def _play(folder, cache, env, *args, steps=STEPS):
     driver.write_text(DRIVER)
     return subprocess.Popen(
         [sys.executable, str(driver), str(folder / "played.npy"), str(RECORD * RATE), str(folder / "head.npy"),
-         *args, "--model", "tiny", "--width", str(WIDTH), "--steps", str(steps), "--threads", str(THREADS),
+         *args, "--model", "tiny", "--preset", "quality", "--width", str(WIDTH), "--steps", str(steps),
+         "--threads", str(THREADS),
          "--no-progress", "--cache-dir", str(cache), "--output-device", JACK_DEVICE],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -281,7 +281,7 @@ def test_hybrid_quantization_offline(tiny_model, monkeypatch):
 def test_taesd_decoder_matches_diffusers_autoencoder_tiny(tiny_model):
     from diffusers import AutoencoderTiny
 
-    options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, decoder="taesd",
+    options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, decoder="taesd", precision="f32",
                            cache_dir=tiny_model.options.cache_dir)
     model = RiffusionModel.load(options, progress=False)
     latents = model.denoise(model.encode_prompt("x"), latents=noise_for_seed(1, model.latents_shape), steps=2)

@@ -22,7 +22,13 @@ TAESD_HUB_ID = "madebyollin/taesd"
 """TAESD: a tiny distilled decoder for SD 1.x latents (about 1.2 M parameters against the VAE
 decoder's 49 M); on 2 CPU cores it decodes a 512x512 clip in about 4 s against 54 s, a little softer."""
 TINY_MODEL = "tiny"
+LCM_LORA = "lcm"
+LCM_LORA_HUB_ID = "latent-consistency/lcm-lora-sdv1-5"
+"""LCM-LoRA for SD 1.5: a distilled adapter that lets any SD 1.5 fine-tune denoise in 2 to 8
+steps with the LCM scheduler and no classifier-free guidance (one batch-1 UNet run a step).
+Its quality on Riffusion is unpublished and cannot be heard here."""
 QUANTIZATIONS = (None, "int8", "hybrid")
+PRECISIONS = ("auto", "bf16", "f32")
 DEVICES = ("CPU", "GPU", "AUTO")
 SCHEDULERS = {
     "dpm++": "DPMSolverMultistepScheduler",
@@ -30,7 +36,65 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "euler": "EulerDiscreteScheduler",
     "lms": "LMSDiscreteScheduler",
+    "lcm": "LCMScheduler",
 }
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA adapter fused into the model before export: a Hub id, a ``.safetensors`` file or
+    a folder holding one, or ``lcm`` (LCM-LoRA for SD 1.5); ``scale`` multiplies its weights."""
+
+    source: str
+    scale: float = 1.0
+
+    def __str__(self) -> str:
+        return self.source if self.scale == 1.0 else f"{self.source}:{self.scale:g}"
+
+
+def parse_lora(text: str) -> LoraSpec:
+    """``SOURCE`` or ``SOURCE:SCALE`` (``--lora``); one-line RiffstreamError if the scale is unusable."""
+    source, _, scale = text.strip().rpartition(":")
+    if not source or "/" in scale or "\\" in scale:
+        return LoraSpec(text.strip())
+    try:
+        value = float(scale)
+    except ValueError:
+        return LoraSpec(text.strip())
+    return LoraSpec(source, check_number(value, f"the scale of LoRA {source}", checks.LORA_SCALE))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a preset sets; every field can still be overridden on its own."""
+
+    steps: int
+    guidance: float
+    scheduler: str
+    decoder: str
+    loras: tuple[LoraSpec, ...]
+    summary: str
+
+
+PRESETS = {
+    "quality": Preset(DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_DECODER, (),
+                      "20 DPM-Solver++ steps with guidance 7 and the model's own VAE"),
+    "live": Preset(4, 1.0, "lcm", TAESD, (LoraSpec(LCM_LORA),),
+                   "LCM-LoRA fused in, 4 LCM steps without guidance, TAESD decoder: about 10x faster"),
+}
+"""``quality``: the model as trained. ``live``: a few-step preset for CPUs, several times faster,
+a little softer (its quality on Riffusion is unheard: compare with ``--preset quality``)."""
+
+PRESET_NAMES = ("auto", "live", "quality")
+
+
+def auto_preset(playing: bool, device: str) -> str:
+    """The preset ``auto`` stands for: ``live`` for live play on a CPU, ``quality`` otherwise.
+
+    A CPU makes a 20-step guided clip at about a hundredth of real time (``benchmarks/live.py``),
+    so live play would loop one clip for minutes; renders have no such deadline.
+    """
+    return "live" if playing and device.upper().split(".")[0] in ("CPU", "AUTO") else "quality"
 
 
 @dataclass(frozen=True)
@@ -48,6 +112,10 @@ class ModelOptions:
     scheduler: str = DEFAULT_SCHEDULER
     #: "vae" (the model's own decoder), "taesd", or a folder or hub id of a diffusers AutoencoderTiny.
     decoder: str = DEFAULT_DECODER
+    #: LoRA adapters fused into the UNet and text encoder before export (a separate cached export).
+    loras: tuple[LoraSpec, ...] = ()
+    #: Inference precision on CPU: "auto" (bf16 where the CPU has bf16 units, else f32), "bf16" or "f32".
+    precision: str = "auto"
 
     def check(self) -> None:
         """Raise a one-line :class:`RiffstreamError` for an option no model load could satisfy."""
@@ -63,6 +131,12 @@ class ModelOptions:
             raise RiffstreamError(f"Unknown scheduler {self.scheduler!r}: use one of {', '.join(SCHEDULERS)}.")
         if self.quantization not in QUANTIZATIONS:
             raise RiffstreamError(f"Unknown quantization {self.quantization!r}: use one of int8, hybrid, or none.")
+        if self.precision not in PRECISIONS:
+            raise RiffstreamError(f"Unknown precision {self.precision!r}: use auto, bf16 or f32.")
+        for lora in self.loras:
+            if not isinstance(lora, LoraSpec) or not str(lora.source).strip():
+                raise RiffstreamError(f"LoRA {lora!r} is not usable: give a Hub id, a .safetensors file, a folder or 'lcm'")
+            check_number(lora.scale, f"the scale of LoRA {lora.source}", checks.LORA_SCALE)
         if not self.model.strip() or not self.decoder.strip():
             raise RiffstreamError("the model and the decoder must be named: give a Hub id, a folder or 'tiny'")
 

@@ -12,8 +12,10 @@ img2img share one compiled model.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,11 @@ def noise_for_seed(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return randn_tensor(tuple(shape), generator=generator, dtype=torch.float32).numpy()
 
 
+def noise_seed(noise: np.ndarray) -> int:
+    """The seed of the generator a stepping scheduler draws its in-between noise from: a hash of the starting noise."""
+    return zlib.crc32(np.ascontiguousarray(noise, dtype=np.float32).tobytes())
+
+
 def _check_device(device: str) -> None:
     import openvino as ov
 
@@ -63,12 +70,40 @@ def _check_device(device: str) -> None:
         )
 
 
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has bf16 units here (AVX-512 bf16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def resolve_precision(options: ModelOptions) -> str | None:
+    """The ``INFERENCE_PRECISION_HINT`` for ``options``: "bf16" or "f32" on CPU, None for the device's default.
+
+    "auto" takes bf16 where the CPU has bf16 units: about 1.9x faster than f32 on the UNet
+    (``benchmarks/live.py``), within the bf16 parity bound; f32 elsewhere.
+    """
+    device = options.device.upper()
+    if not device.startswith("CPU"):
+        if options.precision == "bf16":
+            raise RiffstreamError(f"--precision bf16 is for CPUs; {device} picks its own: use auto or f32.")
+        return None if options.precision == "auto" else "f32"
+    if options.precision == "f32":
+        return "f32"
+    if cpu_has_bf16():
+        return "bf16"
+    if options.precision == "bf16":
+        raise RiffstreamError("this CPU has no bf16 units (AVX-512 bf16 or AMX): use --precision f32 or auto.")
+    return "f32"
+
+
 def _ov_config(options: ModelOptions, cache: Path) -> dict:
-    """OpenVINO properties: compiled-model cache, f32 precision, latency hint, thread count on CPU."""
+    """OpenVINO properties: compiled-model cache, precision, latency hint, thread count on CPU."""
     device = options.device.upper()
     config: dict = {"CACHE_DIR": str(cache / "ov_compiled"), "PERFORMANCE_HINT": "LATENCY"}
-    if device != "AUTO":
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+    precision = resolve_precision(options)
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
     if options.threads and device.startswith("CPU"):
         config["INFERENCE_NUM_THREADS"] = int(options.threads)
     return config
@@ -85,6 +120,8 @@ class RiffusionModel:
         self.vae_scale_factor = pipe.vae_scale_factor
         self.latents_shape = (1, pipe.unet.config.get("in_channels", 4), options.height // 8, options.width // 8)
         self._embeddings: dict[str, np.ndarray] = {}
+        #: The inference precision the model was compiled for ("bf16", "f32" or the device's default).
+        self.precision = "f32"
 
     @classmethod
     def load(cls, options: ModelOptions, progress: bool = True) -> RiffusionModel:
@@ -122,6 +159,11 @@ class RiffusionModel:
             # Static spatial shape, dynamic batch: CFG runs the UNet at batch 2, guidance <= 1 at batch 1.
             pipe.reshape(batch_size=-1, height=options.height, width=options.width, num_images_per_prompt=1)
         pipe.set_progress_bar_config(disable=True)
+        # The image side stays f32: a spectrogram's pixels are its levels in dB, and a bf16 VAE
+        # moved them by 15 of 255 levels on average where the bf16 UNet moved latents by under 1%.
+        exact = {**_ov_config(options, cache), **({"INFERENCE_PRECISION_HINT": "f32"} if resolve_precision(options) else {})}
+        for part in filter(None, (pipe.vae_decoder, pipe.vae_encoder)):
+            part.ov_config = dict(exact)
         compiled_decoder = None
         if decoder is not None:
             import openvino as ov
@@ -129,10 +171,12 @@ class RiffusionModel:
             core = ov.Core()
             tiny = core.read_model(decoder)
             tiny.reshape({0: [1, tiny.input(0).get_partial_shape()[1], options.height // 8, options.width // 8]})
-            compiled_decoder = core.compile_model(tiny, options.device.upper(), _ov_config(options, cache))
+            compiled_decoder = core.compile_model(tiny, options.device.upper(), exact)
         for part in (pipe.text_encoder, pipe.unet) + ((pipe.vae_decoder,) if decoder is None else ()):
             part.compile()  # the VAE encoder compiles on first img2img use
-        return cls(pipe, options, is_tiny=options.model == TINY_MODEL, decoder=compiled_decoder)
+        model = cls(pipe, options, is_tiny=options.model == TINY_MODEL, decoder=compiled_decoder)
+        model.precision = resolve_precision(options) or "the device's default"
+        return model
 
     def encode_prompt(self, text: str) -> np.ndarray:
         """CLIP embeddings of ``text``, shape (1, 77, D) float32; cached per text (read-only array)."""
@@ -197,12 +241,18 @@ class RiffusionModel:
             negative = torch.tensor(np.asarray(negative_prompt_embeds, dtype=np.float32))
             embeds = torch.cat([negative, embeds])
 
-        # 2. Timesteps
+        # 2. Timesteps (LCM picks img2img's timesteps itself, from the strength)
         scheduler = self._scheduler()
-        scheduler.set_timesteps(steps)
-        timesteps = scheduler.timesteps
+        takes_strength = "strength" in inspect.signature(scheduler.set_timesteps).parameters
         if init_latents is not None:
             strength = check_number(strength, "strength", checks.STRENGTH)
+        if init_latents is not None and takes_strength:
+            scheduler.set_timesteps(steps, strength=strength)
+            timesteps = scheduler.timesteps
+        else:
+            scheduler.set_timesteps(steps)
+            timesteps = scheduler.timesteps
+        if init_latents is not None and not takes_strength:
             t_start = steps - min(int(steps * strength), steps)
             timesteps = timesteps[t_start * scheduler.order :]
             if hasattr(scheduler, "set_begin_index"):
@@ -222,7 +272,11 @@ class RiffusionModel:
             image_latents = torch.from_numpy(np.ascontiguousarray(init_latents, dtype=np.float32))
             x = scheduler.add_noise(image_latents, noise, timesteps[:1]) if len(timesteps) else image_latents
 
-        # 4. Denoising loop
+        # 4. Denoising loop. A scheduler that adds fresh noise between steps (LCM) draws it from a
+        # generator seeded by the starting noise, so the same seed gives the same clip.
+        step_kwargs = {}
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            step_kwargs["generator"] = torch.Generator("cpu").manual_seed(noise_seed(noise.numpy()))
         total = len(timesteps)
         for i, t in enumerate(timesteps):
             model_input = torch.cat([x] * 2) if do_cfg else x
@@ -231,7 +285,7 @@ class RiffusionModel:
             if do_cfg:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance * (cond - uncond)
-            x = scheduler.step(noise_pred, t, x).prev_sample
+            x = scheduler.step(noise_pred, t, x, **step_kwargs).prev_sample
             if on_step is not None:
                 on_step(i, total)
         return x.numpy().copy()

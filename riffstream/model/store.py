@@ -140,14 +140,21 @@ def _quiet_loaders() -> Iterator[None]:
                 module.enable_progress_bar()
 
 
-def _export(source: Path, target: Path, cache: Path) -> None:
-    """Export the diffusers checkpoint ``source`` to OpenVINO IR (f32) in ``target``."""
+def _export(source: Path, target: Path, cache: Path, adapters: list | None = None) -> None:
+    """Export the diffusers checkpoint ``source`` to OpenVINO IR (f32) in ``target``, with ``adapters``
+    (:class:`riffstream.model.adapters.Adapter`) fused into its weights first."""
     from optimum.intel import OVStableDiffusionPipeline
 
-    log.info("exporting to OpenVINO: once, %s on %d CPU cores", _export_estimate(source), os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="staged-", dir=cache) as staged, _quiet_loaders():
-        pipe = OVStableDiffusionPipeline.from_pretrained(stage(source, Path(staged) / "pipeline"), export=True,
-                                                         compile=False)
+        pipeline = stage(source, Path(staged) / "pipeline")
+        if adapters:
+            from riffstream.model.adapters import fuse
+
+            log.info("fusing %s into the model", " and ".join(f"LoRA {a.spec}" for a in adapters))
+            fused = fuse(pipeline, adapters, Path(staged) / "fused")
+            pipeline = stage(fused, Path(staged) / "fused-pipeline")
+        log.info("exporting to OpenVINO: once, %s on %d CPU cores", _export_estimate(source), os.cpu_count() or 1)
+        pipe = OVStableDiffusionPipeline.from_pretrained(pipeline, export=True, compile=False)
         pipe.save_pretrained(target)
     # Keep the checkpoint's own scheduler config: re-saved, it would spell out defaults it never
     # set (an old config has no timestep_spacing), and a scheduler made from it would differ
@@ -231,22 +238,33 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
 
     ``refresh`` asks the Hub for the model's latest files even when a cached snapshot is
     complete (``riffstream download``); an export is rebuilt only if its source changed.
+    With LoRA adapters, the export is of the fused model, keyed by each adapter's content and scale.
     """
     options.check()
     cache = options.cache
     path = Path(options.model).expanduser()
     if path.is_dir() and is_ov_folder(path):
+        if options.loras:
+            raise RiffstreamError(f"{path} is already exported to OpenVINO, so no LoRA can be fused into it: "
+                                  "give --model the diffusers checkpoint it was exported from.")
         f32 = path.resolve()
         name, identity = f32.name, f"ov:{f32}"
     else:
         name, identity, fetch = _source(options, progress, refresh)
+        adapters = None
+        if options.loras:
+            from riffstream.model.adapters import resolve_adapters
+
+            adapters = resolve_adapters(options.loras, options.model, cache, progress)
+            name = "+".join([name] + [a.name for a in adapters])
+            identity = json.dumps([identity] + [[a.identity, a.spec.scale] for a in adapters])
         f32 = cache_entry(cache, name, identity, None)
         if refresh or not is_complete(f32):
             source = fetch()
             check_folder(source, options.model)
             stale = is_complete(f32) and _recorded_source(f32) != source.resolve().name
             if stale or not is_complete(f32):
-                build_atomically(f32, lambda tmp: _export_from(source, tmp, cache), rebuild=stale)
+                build_atomically(f32, lambda tmp: _export_from(source, tmp, cache, adapters), rebuild=stale)
                 for variant in QUANTIZATIONS[1:]:  # made from the export this one replaces
                     shutil.rmtree(cache_entry(cache, name, identity, variant), ignore_errors=True)
                 log.info("cached the OpenVINO export in %s: later starts skip the download and the export", f32)
@@ -256,8 +274,8 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
     return build_atomically(target, lambda tmp: _quantize(f32, tmp, options.quantization, options))
 
 
-def _export_from(source: Path, target: Path, cache: Path) -> None:
-    _export(source, target, cache)
+def _export_from(source: Path, target: Path, cache: Path, adapters: list | None = None) -> None:
+    _export(source, target, cache, adapters)
     (target / "source.json").write_text(json.dumps({"source": source.resolve().name}))
 
 

@@ -130,19 +130,12 @@ def write_riffusion_layout(folder: Path, unet, vae, text_encoder, safety_checker
     return folder
 
 
-def build_tiny_pipeline(folder: Path) -> Path:
-    """Build the tiny random-weight checkpoint in ``folder``, in Riffusion's published layout.
+def tiny_unet():
+    """The tiny UNet, with its fixed-seed random weights: SD 1.x's block types at a few channels."""
+    from diffusers import UNet2DConditionModel
 
-    Weights come from a fixed seed, so the saved files (and the export) are reproducible.
-    """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    folder = Path(folder)
-    vocab_size = write_byte_tokenizer(folder / "tokenizer")
-    bos, eos = vocab_size - 2, vocab_size - 1
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=64,
         in_channels=4,
         out_channels=4,
@@ -154,6 +147,46 @@ def build_tiny_pipeline(folder: Path) -> Path:
         attention_head_dim=8,
         norm_num_groups=16,
     )
+
+
+LORA_LAYERS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2", "conv_shortcut")
+"""The UNet layers LCM-LoRA adapts: attention projections and the ResNet convolutions."""
+
+
+def build_tiny_lora(folder: Path, seed: int = SEED + 4, rank: int = 4) -> Path:
+    """Save a random LoRA for the tiny UNet in ``folder``: the offline stand-in for LCM-LoRA, over the same kinds of layer."""
+    return write_random_lora(folder, tiny_unet(), seed, rank)
+
+
+def write_random_lora(folder: Path, unet, seed: int, rank: int) -> Path:
+    """Save a random LoRA for ``unet`` over :data:`LORA_LAYERS` in diffusers' PEFT format
+    (``pytorch_lora_weights.safetensors``), as ``save_lora_weights`` writes a trained one."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_LAYERS), init_lora_weights=False))
+    state = get_peft_model_state_dict(unet)
+    with torch.no_grad():  # PEFT's default init leaves B at zero (no change): draw it small instead
+        for key, value in state.items():
+            if "lora_B" in key:
+                value.copy_(torch.randn_like(value) * 0.05)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True)
+    return Path(folder)
+
+
+def build_tiny_pipeline(folder: Path) -> Path:
+    """Build the tiny random-weight checkpoint in ``folder``, in Riffusion's published layout.
+
+    Weights come from a fixed seed, so the saved files (and the export) are reproducible.
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    vocab_size = write_byte_tokenizer(folder / "tokenizer")
+    bos, eos = vocab_size - 2, vocab_size - 1
+    unet = tiny_unet()
     torch.manual_seed(SEED + 1)
     vae = AutoencoderKL(
         in_channels=3,
