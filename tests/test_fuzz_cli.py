@@ -43,7 +43,7 @@ TEXT = st.one_of(st.sampled_from(["", " ", "lofi", "to", "a to", "to b", "jazz t
                  st.text(max_size=20))
 NUMERIC_OPTIONS = ["--duration", "--prebuffer", "--seed", "--steps", "--guidance", "--clips-per-transition",
                    "--crossfade", "--loudness", "--strength", "--width", "--threads"]
-TEXT_OPTIONS = ["--negative-prompt", "--scheduler", "--device", "--decoder", "--revision"]
+TEXT_OPTIONS = ["--negative-prompt", "--scheduler", "--device", "--decoder", "--revision", "--lora"]
 
 
 @pytest.fixture(scope="module")

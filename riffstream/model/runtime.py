@@ -135,7 +135,9 @@ class RiffusionModel:
         return cls.from_ir(resolve_ir(options, progress), options, decoder=decoder)
 
     @classmethod
-    def from_ir(cls, ir: Path, options: ModelOptions, reshape: bool = True, decoder: Path | None = None) -> RiffusionModel:
+    def from_ir(cls, ir: Path, options: ModelOptions, reshape: bool = True, decoder: Path | None = None,
+                release_graphs: bool = True) -> RiffusionModel:
+        """Compile the OpenVINO IR folder ``ir``; ``release_graphs=False`` keeps the graphs (to quantise them)."""
         from optimum.intel import OVStableDiffusionPipeline
 
         cache = options.cache
@@ -174,6 +176,11 @@ class RiffusionModel:
             compiled_decoder = core.compile_model(tiny, options.device.upper(), exact)
         for part in (pipe.text_encoder, pipe.unet) + ((pipe.vae_decoder,) if decoder is None else ()):
             part.compile()  # the VAE encoder compiles on first img2img use
+            if release_graphs:
+                # As in optimum's compile-only mode, the compiled model now answers for the graph:
+                # the IR's weights (memory-mapped, but resident once read) are let go, so the
+                # compiled model holds the only copy.
+                part.model = part.request
         model = cls(pipe, options, is_tiny=options.model == TINY_MODEL, decoder=compiled_decoder)
         model.precision = resolve_precision(options) or "the device's default"
         return model

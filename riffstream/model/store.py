@@ -183,7 +183,7 @@ def _quantize(f32_ir: Path, target: Path, quantization: str, options: ModelOptio
 
     # Collect UNet inputs by running a few denoising steps per built-in prompt (optimum's own
     # collection would run its default 50 steps per prompt, far too slow on a small CPU).
-    model = RiffusionModel.from_ir(f32_ir, options, reshape=False)
+    model = RiffusionModel.from_ir(f32_ir, options, reshape=False, release_graphs=False)
     samples: list = []
     unet = model._pipe.unet
     unet.request = InferRequestWrapper(unet.request, samples)
