@@ -141,9 +141,9 @@ def _subcommand_parser() -> argparse.ArgumentParser:
     download.add_argument("model", nargs="?", help="Hugging Face id, local diffusers folder or 'tiny' "
                                                    "(default: the --model default)")
     _add_model_options(download.add_argument_group("model"), with_model=False)
-    download.add_argument("--preset", choices=("all", "live", "quality"), default="all",
-                          help="which presets' exports to prepare: live (with LCM-LoRA and TAESD), quality, or all "
-                               "(default: %(default)s)")
+    download.add_argument("--preset", choices=("all", "live", "quality"), default="quality",
+                          help="which presets' exports to prepare: quality, live (adds LCM-LoRA, TAESD and a second "
+                               "export: what live play on a CPU uses), or all (default: %(default)s)")
     download.add_argument("--no-progress", action="store_true", help="no progress bar")
     download.set_defaults(run=_download)
     return parser

@@ -140,7 +140,7 @@ def _unreachable(problem: RiffstreamError, repo: str) -> RiffstreamError:
         return problem
     return HubUnreachable(
         f"cannot reach the Hugging Face Hub for LoRA {repo}, and it is not in the local cache: connect and run "
-        "once (`riffstream download` prepares the live preset too), or pass --lora a local .safetensors file.")
+        "once (`riffstream download --preset all` prepares the live preset too), or pass --lora a local .safetensors file.")
 
 
 def check_fits(adapter: Adapter, context_width: int) -> None:
