@@ -107,7 +107,8 @@ def test_a_full_ring_buffer_holds_the_writer_until_stopped():
 def model(tiny_exported):
     from riffstream.model import ModelOptions, RiffusionModel
 
-    return RiffusionModel.load(ModelOptions(model="tiny", width=WIDTH, cache_dir=tiny_exported), progress=False)
+    return RiffusionModel.load(ModelOptions(model="tiny", width=WIDTH, cache_dir=tiny_exported, precision="f32"),
+                               progress=False)
 
 
 def _render(model, path, duration, seed=3, **options):
