@@ -28,7 +28,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,18 +56,10 @@ def build_lora(folder: Path) -> None:
                       seed=7, rank=LCM_LORA_RANK)
 
 
-def build_taesd(folder: Path) -> None:
-    """A random-weight AutoencoderTiny of TAESD's real size (diffusers' default config)."""
-    import torch
-    from diffusers import AutoencoderTiny
-
-    torch.manual_seed(0)
-    AutoencoderTiny().save_pretrained(folder)
-
-
 def parts(cache: Path) -> tuple[Path, Path, Path]:
     """The full-size random checkpoint, LoRA and TAESD, built once under ``cache``."""
     from model_step import source_folder
+    from stream import build_taesd
 
     from riffstream.model.store import build_atomically
 
@@ -139,25 +130,17 @@ def _rate(run, n: int, repeats: int = 6) -> float:
 
 def phase_stream(cache: Path, preset: str, precision: str, steps: int, clips: int) -> dict:
     """Load the preset's model and stream ``clips`` clips through the real pipeline into a file."""
+    from stream import render_clips
+
     from riffstream.model import RiffusionModel
     from riffstream.model.options import PRESETS
-    from riffstream.sinks import AudioFileWriter
-    from riffstream.stream import Stream, StreamOptions
 
     options = options_for(cache, preset, precision)
     began = time.monotonic()
     model = RiffusionModel.load(options, progress=False)
     load_s = time.monotonic() - began
     rss_loaded = _rss_now_gb()
-    crossfade = 0.25
-    duration = clips * 5.12 - (clips - 1) * crossfade
-    stream_options = StreamOptions(prompts=("lofi hip hop", "smooth jazz"), seed=1, steps=steps,
-                                   guidance=PRESETS[preset].guidance, duration=duration, crossfade=crossfade)
-    with tempfile.TemporaryDirectory() as folder, AudioFileWriter(Path(folder) / "b.wav", 44100, 1) as writer:
-        stream = Stream(model, stream_options, writer)
-        began = time.monotonic()
-        stream.run()
-        wall = time.monotonic() - began
+    stream, wall = render_clips(model, clips, steps, guidance=PRESETS[preset].guidance)
     stats = stream.stats
     return {"precision": model.precision, "load_s": round(load_s, 1), "clips": stats.clips,
             "audio_s": round(stats.audio_seconds, 2), "wall_s": round(wall, 1),

@@ -34,13 +34,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _build_taesd(folder: Path) -> None:
+def build_taesd(folder: Path) -> None:
     """Save a random-weight AutoencoderTiny of TAESD's real size (diffusers' default config)."""
     import torch
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(0)
     AutoencoderTiny().save_pretrained(folder)
+
+
+def render_clips(model, clips: int, steps: int, guidance: float | None = None, width: int = 512):
+    """Stream ``clips`` clips of ``width`` pixels through the real pipeline into a scratch file, morphing
+    between two prompts; returns the finished :class:`riffstream.stream.Stream` and its wall time (s)."""
+    from riffstream.sinks import AudioFileWriter
+    from riffstream.stream import Stream, StreamOptions
+
+    crossfade = 0.25
+    duration = clips * width * 441 / 44100 - (clips - 1) * crossfade
+    options = StreamOptions(prompts=("lofi hip hop", "smooth jazz"), seed=1, steps=steps, guidance=guidance,
+                            duration=duration, crossfade=crossfade)
+    with tempfile.TemporaryDirectory() as folder, AudioFileWriter(Path(folder) / "b.wav", 44100, 1) as writer:
+        stream = Stream(model, options, writer)
+        began = time.monotonic()
+        stream.run()
+        return stream, time.monotonic() - began
 
 
 def main() -> None:
@@ -61,8 +78,6 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from riffstream.model import ModelOptions, RiffusionModel, default_cache_dir
     from riffstream.model.store import build_atomically, cache_entry, is_complete
-    from riffstream.sinks import AudioFileWriter
-    from riffstream.stream import Stream, StreamOptions
 
     cache = (args.cache_dir or default_cache_dir()).expanduser()
     bench = cache / "bench"
@@ -74,7 +89,7 @@ def main() -> None:
         from model_step import source_folder
 
         source_folder(bench)
-        decoder = str(build_atomically(bench / "sources" / "taesd-random-v1", _build_taesd)) \
+        decoder = str(build_atomically(bench / "sources" / "taesd-random-v1", build_taesd)) \
             if args.decoder == "taesd" else "vae"
         options = ModelOptions(model=str(source), width=args.width, cache_dir=bench, decoder=decoder)
         name = "sd15-random (full size)"
@@ -87,16 +102,7 @@ def main() -> None:
     load_s = time.monotonic() - began
     print(f"model {name}: ready in {load_s:.1f} s", file=sys.stderr)
 
-    clip_s = args.width * 441 / 44100
-    crossfade = 0.25
-    duration = args.clips * clip_s - (args.clips - 1) * crossfade
-    stream_options = StreamOptions(prompts=("lofi hip hop", "smooth jazz"), seed=1, steps=args.steps, duration=duration,
-                                   crossfade=crossfade)
-    with tempfile.TemporaryDirectory() as folder, AudioFileWriter(Path(folder) / "b.wav", 44100, 1) as writer:
-        stream = Stream(model, stream_options, writer)
-        began = time.monotonic()
-        stream.run()
-        wall = time.monotonic() - began
+    stream, wall = render_clips(model, args.clips, args.steps, width=args.width)
     stats = stream.stats
     outside = max(0.0, wall - stats.denoise_seconds) / wall
     first, last = stats.denoise_span

@@ -29,6 +29,7 @@ from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS
 
 if TYPE_CHECKING:
     from riffstream.model import ModelOptions
+    from riffstream.model.options import Preset
     from riffstream.stream import StreamOptions
 
 #: Exit status for user-fixable errors (argparse uses 2 for usage errors too).
@@ -377,28 +378,15 @@ def _init_image(path: str | None, width: int):
     return Image.fromarray(np.ascontiguousarray(np.tile(pixels, (1, repeats, 1))[:, :width]))
 
 
-@dataclass(frozen=True)
-class _ChosenPreset:
-    name: str
-    steps: int
-    guidance: float
-    scheduler: str
-    decoder: str
-    loras: tuple
-
-
-def _preset(args: argparse.Namespace, playing: bool, name: str | None = None) -> _ChosenPreset:
+def _preset(args: argparse.Namespace, playing: bool, name: str | None = None) -> Preset:
     """The preset ``--preset`` (or ``name``) comes to, before per-option overrides."""
     from riffstream.model.options import PRESETS, auto_preset
 
     name = name or getattr(args, "preset", "auto")
-    if name == "auto":
-        name = auto_preset(playing, args.device)
-    preset = PRESETS[name]
-    return _ChosenPreset(name, preset.steps, preset.guidance, preset.scheduler, preset.decoder, preset.loras)
+    return PRESETS[auto_preset(playing, args.device) if name == "auto" else name]
 
 
-def _model_options(args: argparse.Namespace, model: str, preset: _ChosenPreset) -> ModelOptions:
+def _model_options(args: argparse.Namespace, model: str, preset: Preset) -> ModelOptions:
     from riffstream.model import ModelOptions
 
     loras = preset.loras + tuple(lora for lora in args.lora if lora not in preset.loras)

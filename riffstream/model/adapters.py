@@ -11,6 +11,7 @@ weights load into the model.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,11 +184,13 @@ def fuse(pipeline_dir: Path, adapters: list[Adapter], target: Path) -> Path:
     """Load the staged diffusers pipeline in ``pipeline_dir``, fuse ``adapters`` at their scales, save to ``target``."""
     from diffusers import StableDiffusionPipeline
 
+    context_width = json.loads((pipeline_dir / "unet" / "config.json").read_text())["cross_attention_dim"]
+    for adapter in adapters:  # before the pipeline's weights load: seconds on the full-size model
+        check_fits(adapter, context_width)
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)
     names = []
     for number, adapter in enumerate(adapters):
-        check_fits(adapter, pipe.unet.config.cross_attention_dim)
         name = f"adapter{number}"
         try:
             pipe.load_lora_weights(str(adapter.file.parent), weight_name=adapter.file.name, adapter_name=name)

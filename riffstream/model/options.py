@@ -68,22 +68,21 @@ def parse_lora(text: str) -> LoraSpec:
 class Preset:
     """What a preset sets; every field can still be overridden on its own."""
 
+    name: str
     steps: int
     guidance: float
     scheduler: str
     decoder: str
     loras: tuple[LoraSpec, ...]
-    summary: str
 
 
 PRESETS = {
-    "quality": Preset(DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_DECODER, (),
-                      "20 DPM-Solver++ steps with guidance 7 and the model's own VAE"),
-    "live": Preset(4, 1.0, "lcm", TAESD, (LoraSpec(LCM_LORA),),
-                   "LCM-LoRA fused in, 4 LCM steps without guidance, TAESD decoder: about 10x faster"),
+    "quality": Preset("quality", DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_DECODER, ()),
+    "live": Preset("live", 4, 1.0, "lcm", TAESD, (LoraSpec(LCM_LORA),)),
 }
-"""``quality``: the model as trained. ``live``: a few-step preset for CPUs, several times faster,
-a little softer (its quality on Riffusion is unheard: compare with ``--preset quality``)."""
+"""``quality``: the model as trained, 20 DPM-Solver++ steps with guidance 7 and its own VAE.
+``live``: LCM-LoRA fused in, 4 LCM steps without guidance and TAESD, about 10x faster on a CPU
+(``benchmarks/live.py``: 0.46x against 0.047x real time in bf16), a little softer (its quality on Riffusion is unheard: compare with ``--preset quality``)."""
 
 PRESET_NAMES = ("auto", "live", "quality")
 

@@ -12,6 +12,7 @@ img2img share one compiled model.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import warnings
@@ -70,6 +71,7 @@ def _check_device(device: str) -> None:
         )
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin has bf16 units here (AVX-512 bf16 or AMX)."""
     import openvino as ov
@@ -97,11 +99,10 @@ def resolve_precision(options: ModelOptions) -> str | None:
     return "f32"
 
 
-def _ov_config(options: ModelOptions, cache: Path) -> dict:
-    """OpenVINO properties: compiled-model cache, precision, latency hint, thread count on CPU."""
+def _ov_config(options: ModelOptions, cache: Path, precision: str | None) -> dict:
+    """OpenVINO properties: compiled-model cache, ``precision`` (None: the device's own), latency hint, CPU threads."""
     device = options.device.upper()
     config: dict = {"CACHE_DIR": str(cache / "ov_compiled"), "PERFORMANCE_HINT": "LATENCY"}
-    precision = resolve_precision(options)
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
     if options.threads and device.startswith("CPU"):
@@ -112,7 +113,7 @@ def _ov_config(options: ModelOptions, cache: Path) -> dict:
 class RiffusionModel:
     """A compiled Riffusion pipeline on OpenVINO, with the generation API the producer needs."""
 
-    def __init__(self, pipe, options: ModelOptions, is_tiny: bool, decoder=None):
+    def __init__(self, pipe, options: ModelOptions, is_tiny: bool, decoder=None, precision: str = "f32"):
         self._pipe = pipe
         self._decoder = decoder  # a compiled tiny decoder (TAESD) replacing the VAE decoder, or None
         self.options = options
@@ -121,7 +122,7 @@ class RiffusionModel:
         self.latents_shape = (1, pipe.unet.config.get("in_channels", 4), options.height // 8, options.width // 8)
         self._embeddings: dict[str, np.ndarray] = {}
         #: The inference precision the model was compiled for ("bf16", "f32" or the device's default).
-        self.precision = "f32"
+        self.precision = precision
 
     @classmethod
     def load(cls, options: ModelOptions, progress: bool = True) -> RiffusionModel:
@@ -129,6 +130,7 @@ class RiffusionModel:
         options.check()
         device = options.device.upper()
         _check_device(device)
+        resolve_precision(options)  # a precision this CPU lacks is one line before any download or export
         from riffstream.model.store import resolve_decoder, resolve_ir
 
         decoder = resolve_decoder(options, progress)
@@ -141,6 +143,8 @@ class RiffusionModel:
         from optimum.intel import OVStableDiffusionPipeline
 
         cache = options.cache
+        precision = resolve_precision(options)
+        config = _ov_config(options, cache, precision)
         # Offline, optimum-intel 2.2 looks for an exported folder as if it were a hub id, fails on
         # a path and logs that it "could not infer" whether it is exported: the folder is, so drop that.
         optimum_log = logging.getLogger("optimum.intel.openvino.modeling_base")
@@ -153,7 +157,7 @@ class RiffusionModel:
             optimum_log.addFilter(keep)
             try:
                 pipe = OVStableDiffusionPipeline.from_pretrained(
-                    ir, device=options.device.upper(), ov_config=_ov_config(options, cache), compile=False
+                    ir, device=options.device.upper(), ov_config=config, compile=False
                 )
             finally:
                 optimum_log.removeFilter(keep)
@@ -163,7 +167,7 @@ class RiffusionModel:
         pipe.set_progress_bar_config(disable=True)
         # The image side stays f32: a spectrogram's pixels are its levels in dB, and a bf16 VAE
         # moved them by 15 of 255 levels on average where the bf16 UNet moved latents by under 1%.
-        exact = {**_ov_config(options, cache), **({"INFERENCE_PRECISION_HINT": "f32"} if resolve_precision(options) else {})}
+        exact = {**config, "INFERENCE_PRECISION_HINT": "f32"} if precision else config
         for part in filter(None, (pipe.vae_decoder, pipe.vae_encoder)):
             part.ov_config = dict(exact)
         compiled_decoder = None
@@ -181,9 +185,8 @@ class RiffusionModel:
                 # the IR's weights (memory-mapped, but resident once read) are let go, so the
                 # compiled model holds the only copy.
                 part.model = part.request
-        model = cls(pipe, options, is_tiny=options.model == TINY_MODEL, decoder=compiled_decoder)
-        model.precision = resolve_precision(options) or "the device's default"
-        return model
+        return cls(pipe, options, is_tiny=options.model == TINY_MODEL, decoder=compiled_decoder,
+                   precision=precision or "the device's default")
 
     def encode_prompt(self, text: str) -> np.ndarray:
         """CLIP embeddings of ``text``, shape (1, 77, D) float32; cached per text (read-only array)."""
@@ -253,12 +256,9 @@ class RiffusionModel:
         takes_strength = "strength" in inspect.signature(scheduler.set_timesteps).parameters
         if init_latents is not None:
             strength = check_number(strength, "strength", checks.STRENGTH)
-        if init_latents is not None and takes_strength:
-            scheduler.set_timesteps(steps, strength=strength)
-            timesteps = scheduler.timesteps
-        else:
-            scheduler.set_timesteps(steps)
-            timesteps = scheduler.timesteps
+        img2img_by_scheduler = init_latents is not None and takes_strength
+        scheduler.set_timesteps(steps, **({"strength": strength} if img2img_by_scheduler else {}))
+        timesteps = scheduler.timesteps
         if init_latents is not None and not takes_strength:
             t_start = steps - min(int(steps * strength), steps)
             timesteps = timesteps[t_start * scheduler.order :]
