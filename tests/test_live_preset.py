@@ -108,6 +108,31 @@ def test_a_fused_lora_export_matches_diffusers_load_lora_weights_and_fuse_lora(f
     assert _diff(_ov_image(tiny_model, noise, 7.0), expected)[1] > 10 * F32_BOUND[1]
 
 
+def _as_kohya(lora_dir: Path, folder: Path) -> Path:
+    """The same adapter in kohya's key layout (``lora_unet_..._to_q.lora_down.weight`` and ``.alpha``),
+    as many published SD 1.5 LoRAs are saved."""
+    from safetensors.torch import load_file, save_file
+
+    peft = load_file(lora_dir / "pytorch_lora_weights.safetensors")
+    kohya = {}
+    for key, value in peft.items():
+        module, kind = key.removeprefix("unet.").rsplit(".lora_", 1)
+        stem = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{stem}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
+        if kind.startswith("A"):
+            kohya[f"{stem}.alpha"] = torch.tensor(float(value.shape[0]))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(kohya, folder / "style_kohya.safetensors")
+    return folder / "style_kohya.safetensors"
+
+
+def test_a_kohya_format_lora_fuses_to_the_same_model_as_its_peft_twin(fused_model, lora_dir, tmp_path):
+    kohya = _as_kohya(lora_dir, tmp_path / "kohya")
+    twin = RiffusionModel.load(replace(fused_model.options, loras=(LoraSpec(str(kohya), 0.7),)), progress=False)
+    noise = noise_for_seed(6, twin.latents_shape)
+    _within(_ov_image(twin, noise, 7.0), _ov_image(fused_model, noise, 7.0), F32_BOUND)
+
+
 def test_the_lcm_path_matches_diffusers_lcm_scheduler_pipeline(lcm_model, source, model_cache_dir):
     from riffstream.model.adapters import resolve_adapters
 
