@@ -21,6 +21,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    (apt-get install -y -q --no-install-recommends jackd2 || (apt-get update -q && apt-get install -y -q --no-install-recommends jackd2)) >/dev/null; \
 	  else echo "note: install JACK (Debian/Ubuntu: sudo apt-get install jackd2) for the live-pacing test"; fi; }
+	@# The serve tests drive Debian's Chromium through Playwright (no browser download) and push
+	@# to a real Icecast 2. icecast2's debconf questions are answered by its defaults.
+	@{ command -v chromium >/dev/null && command -v icecast2 >/dev/null; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    (apt-get install -y -q --no-install-recommends chromium icecast2 || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium icecast2)) >/dev/null; \
+	  else echo "note: install Chromium and Icecast (Debian/Ubuntu: sudo apt-get install chromium icecast2) for the serve tests"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[test]"

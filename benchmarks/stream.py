@@ -54,7 +54,7 @@ def render_clips(model, clips: int, steps: int, guidance: float | None = None, w
     options = StreamOptions(prompts=("lofi hip hop", "smooth jazz"), seed=1, steps=steps, guidance=guidance,
                             duration=duration, crossfade=crossfade)
     with tempfile.TemporaryDirectory() as folder, AudioFileWriter(Path(folder) / "b.wav", 44100, 1) as writer:
-        stream = Stream(model, options, writer)
+        stream = Stream(model, options, [writer])
         began = time.monotonic()
         stream.run()
         return stream, time.monotonic() - began

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -213,29 +214,47 @@ def _add_model_options(group, with_model: bool = True) -> None:
                                                           "(default: $RIFFSTREAM_CACHE or the user cache dir)")
 
 
-def _generation_parser() -> argparse.ArgumentParser:
+#: Clips ``riffstream serve`` buffers ahead of its listeners: few, so that a new prompt is heard soon.
+SERVE_AHEAD_CLIPS = 2
+#: What ``riffstream serve`` plays when no prompt is given (the page steers it from there).
+DEFAULT_SERVE_PROMPT = "lofi hip hop beat"
+
+SERVE_EPILOG = """examples:
+  riffstream serve "lofi hip hop to smooth jazz"        open http://127.0.0.1:8000/
+  riffstream serve "ambient" --host 0.0.0.0 --port 8080  on the network (prints the control token)
+  riffstream serve "lofi" --icecast icecast://source:PASSWORD@radio.example:8000/riff.mp3
+  riffstream serve "lofi beat" --model tiny              offline smoke test (noise, not music)
+
+Listen at /stream.mp3 or /stream.ogg (Opus) in any player; every listener hears the same
+music. Steer it from the page, or: curl -X POST -H 'Content-Type: application/json'
+-d '{"prompt": "smooth jazz"}' http://127.0.0.1:8000/api/prompt. The API's schema is at
+/openapi.json. Ctrl-C (or SIGTERM) stops; --out keeps every finished clip in a file.
+"""
+
+
+def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
     from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
     from riffstream.model.options import PRESET_NAMES, PRESETS
     from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
     from riffstream.stream import DEFAULT_STRENGTH
 
-    parser = _Parser(
-        prog="riffstream", exit_on_error=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_EPILOG,
-        description="Endless, evolving AI music from text: Riffusion on OpenVINO, played live or rendered to file. "
-                    "Each clip is 5.12 s; 'a to b to c' morphs from prompt to prompt.")
+    if serve:
+        parser = _Parser(
+            prog="riffstream serve", exit_on_error=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=SERVE_EPILOG,
+            description="Serve one endless stream on the network: a page to listen and steer it, MP3 and Ogg Opus "
+                        "streams for any player, a JSON API with server-sent events, and an optional Icecast source.")
+    else:
+        parser = _Parser(
+            prog="riffstream", exit_on_error=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=GENERATE_EPILOG,
+            description="Endless, evolving AI music from text: Riffusion on OpenVINO, played live or rendered to "
+                        "file. Each clip is 5.12 s; 'a to b to c' morphs from prompt to prompt.")
     parser.add_argument("prompt", nargs="*", help='what to play, e.g. "lofi hip hop to smooth jazz" ("to" chains prompts)')
-    out = parser.add_argument_group("output")
-    out.add_argument("--out", "-o", metavar="FILE", help="also write the audio to FILE (.wav, .flac or .ogg), incrementally")
-    out.add_argument("--no-play", action="store_true", help="do not play live (needs --out)")
-    out.add_argument("--duration", "-d", metavar="TIME",
-                     help="total length (90, 90s, 2.5m, 1h or 1:30); the journey through the prompts spreads over it. "
-                          "Default: endless, until Ctrl-C")
-    out.add_argument("--output-device", metavar="DEVICE", help="audio device name or number (see --list-devices)")
-    out.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
-    out.add_argument("--prebuffer", type=option_type(checks.PREBUFFER), metavar="SECONDS",
-                     help="seconds of audio to buffer before playing (default: after the first clip for endless play; "
-                          "for a --duration, enough that the buffer never runs dry, from the measured speed)")
-    out.add_argument("--save-spectrograms", metavar="DIR", help="save every clip's spectrogram (PNG) and clips.jsonl in DIR")
+    if serve:
+        _add_serve_options(parser.add_argument_group("serving"))
+    else:
+        _add_output_options(parser.add_argument_group("output"))
     gen = parser.add_argument_group("generation")
     gen.add_argument("--seed", type=option_type(checks.SEED), help="random seed; the same seed and options give the same audio "
                                               "(default: a random one, printed)")
@@ -271,8 +290,66 @@ def _generation_parser() -> argparse.ArgumentParser:
                         help="if --model is neither cached nor reachable on the Hub (no network), use MODEL instead "
                              "and say so (make run falls back to 'tiny')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=_generate)
+    parser.set_defaults(run=_serve if serve else _generate)
     return parser
+
+
+def _add_output_options(out) -> None:
+    """Where the play command's audio goes."""
+    out.add_argument("--out", "-o", metavar="FILE", help="also write the audio to FILE (.wav, .flac or .ogg), incrementally")
+    out.add_argument("--no-play", action="store_true", help="do not play live (needs --out)")
+    out.add_argument("--duration", "-d", metavar="TIME",
+                     help="total length (90, 90s, 2.5m, 1h or 1:30); the journey through the prompts spreads over it. "
+                          "Default: endless, until Ctrl-C")
+    out.add_argument("--output-device", metavar="DEVICE", help="audio device name or number (see --list-devices)")
+    out.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    out.add_argument("--prebuffer", type=option_type(checks.PREBUFFER), metavar="SECONDS",
+                     help="seconds of audio to buffer before playing (default: after the first clip for endless play; "
+                          "for a --duration, enough that the buffer never runs dry, from the measured speed)")
+    out.add_argument("--save-spectrograms", metavar="DIR", help="save every clip's spectrogram (PNG) and clips.jsonl in DIR")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def _max_listeners(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 100000, not {text!r}")
+    return int(text)
+
+
+def _icecast(text: str):
+    from riffstream.server.icecast import parse_icecast_url
+
+    try:
+        return parse_icecast_url(text)
+    except RiffstreamError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_serve_options(group) -> None:
+    """Where and how ``riffstream serve`` serves."""
+    from riffstream.server import DEFAULT_MAX_LISTENERS
+
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address to serve on; any address but loopback needs the control token "
+                            "(default: %(default)s)")
+    group.add_argument("--port", type=_port, default=8000, help="port to serve on (default: %(default)s)")
+    group.add_argument("--token", help="the token control calls must send (Authorization: Bearer TOKEN); default: "
+                                       "none on loopback, a new one (printed) on any other address")
+    group.add_argument("--max-listeners", type=_max_listeners, default=DEFAULT_MAX_LISTENERS, metavar="N",
+                       help="most simultaneous listeners and event streams (default: %(default)s)")
+    group.add_argument("--icecast", type=_icecast, metavar="URL",
+                       help="also push the stream to an Icecast 2 server as a source: "
+                            "icecast://source:PASSWORD@HOST:PORT/MOUNT; reconnects if it drops")
+    group.add_argument("--icecast-format", choices=("mp3", "ogg"), default="mp3",
+                       help="what to push to Icecast: mp3 or ogg (Opus) (default: %(default)s)")
+    group.add_argument("--out", "-o", metavar="FILE", help="also write the audio to FILE (.wav, .flac or .ogg)")
+    group.set_defaults(no_play=True, duration=None, output_device=None, list_devices=False, prebuffer=None,
+                       save_spectrograms=None, serve=True)
 
 
 def _quiet_libraries() -> None:
@@ -314,12 +391,13 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
 
     prompts = parse_prompts(" ".join(args.prompt))
     duration = parse_duration(args.duration) if args.duration is not None else None
+    serving = getattr(args, "serve", False)
     play = not args.no_play
-    if not play and not args.out:
+    if not play and not args.out and not serving:
         raise RiffstreamError("--no-play needs --out FILE: otherwise there is nothing to do")
     if args.width % 8:
         raise RiffstreamError(f"--width must be a multiple of 8, not {args.width}")
-    preset = _preset(args, play)
+    preset = _preset(args, play or serving)
     model = _model_options(args, args.model, preset)
     fallback = (_model_options(args, args.fallback_model, preset)
                 if args.fallback_model not in (None, args.model) else None)
@@ -484,7 +562,7 @@ def _stream(args: argparse.Namespace, model, options, device_name: str | None) -
         def factory(ring):
             return Player(ring, params.sample_rate, params.channels, args.output_device)
     try:
-        stream = Stream(model, options, writer, factory)
+        stream = Stream(model, options, [writer] if writer else [], factory)
         total = stream.total_clips
         what = f"{_format_seconds(options.duration)} in {total} clips" if total else "endless (Ctrl-C stops)"
         where = ", ".join(filter(None, [f"playing on {device_name}" if device_name else None,
@@ -541,6 +619,79 @@ def _stream(args: argparse.Namespace, model, options, device_name: str | None) -
         print(f"wrote {args.out}: {writer.frames_written / params.sample_rate:.2f} s at {params.sample_rate} Hz")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    """``riffstream serve``: check everything, bind the port, load the model, then serve until stopped."""
+    try:
+        from riffstream.server import app as server
+    except ImportError as error:
+        raise RiffstreamError(f"riffstream serve needs the server extra ({error.name} is missing): "
+                              "pip install 'riffstream[serve]'") from None
+    from riffstream.sinks import AudioFileWriter
+    from riffstream.sinks.broadcast import Broadcast
+    from riffstream.stream import RealTimeClock, Stream
+
+    if not args.prompt:
+        args.prompt = [DEFAULT_SERVE_PROMPT]
+    plan = plan_generation(args)
+    options = server.ServeOptions(host=args.host, port=args.port, token=server.needs_token(args.host, args.token),
+                                  max_listeners=args.max_listeners, icecast=args.icecast,
+                                  icecast_format=args.icecast_format)
+    if options.icecast is not None:
+        _check_icecast(options)
+    sock = server.bind(args.host, args.port)
+    try:
+        model = _load_model(plan, progress=not args.no_progress)
+        if model.is_tiny:
+            print("riffstream: note: the tiny model has random weights: its output is noise, not music",
+                  file=sys.stderr)
+        params = plan.stream.params
+        broadcast = Broadcast(params.sample_rate, params.channels)
+        clocks: list[RealTimeClock] = []
+
+        def clock(ring):
+            clocks.append(RealTimeClock(ring, params.sample_rate, [broadcast]))
+            return clocks[0]
+
+        def log(line: str) -> None:
+            print(f"riffstream: {line}", file=sys.stderr, flush=True)
+
+        def ready() -> None:
+            log(f"{' -> '.join(plan.stream.prompts)}; seed {plan.stream.seed}; endless (Ctrl-C stops)")
+            log(f"serving on {options.url}" + ("" if options.token is None else
+                                               "  (control calls need this token; listening does not)"))
+
+        ahead = SERVE_AHEAD_CLIPS * params.duration_of(args.width)
+        recording = AudioFileWriter(args.out, params.sample_rate, params.channels) if args.out else None
+        # The file closes with every finished clip in it however serving ends, and is removed on an error.
+        with recording or contextlib.nullcontext():
+            stream = Stream(model, dataclasses.replace(plan.stream, max_ahead=ahead), [recording] if recording else [],
+                            clock)
+            stopped_by = server.serve(stream, clocks[0], broadcast, options, sock, log=log, on_ready=ready)
+        if recording is not None:
+            log(f"kept {args.out}: {recording.frames_written / params.sample_rate:.2f} s")
+        _summary(stream)
+        if stopped_by is not None:
+            raise Terminated() if stopped_by == signal.SIGTERM else KeyboardInterrupt()
+    finally:
+        sock.close()
+
+
+def _check_icecast(options) -> None:
+    """One line and a non-zero exit now if the Icecast server refuses the source's password."""
+    import asyncio
+
+    from riffstream.server.icecast import IcecastRejected, check_source
+
+    content_type = "audio/mpeg" if options.icecast_format == "mp3" else "audio/ogg"
+    try:
+        asyncio.run(check_source(options.icecast, content_type))
+    except IcecastRejected:
+        raise
+    except (OSError, ConnectionError) as error:
+        print(f"riffstream: note: icecast {options.icecast.redacted()} is not reachable yet ({error}); "
+              "will keep trying", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def _keys_without_echo(fd: int) -> Iterator[bool]:
     """While the stream runs, let the terminal pass keys on as typed, without echoing them, so that
@@ -580,6 +731,8 @@ def _summary(stream) -> None:
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse a command line (generation or a subcommand); raises ``argparse.ArgumentError`` on bad syntax."""
     argv = list(argv)
+    if argv and argv[0] == "serve":
+        return _generation_parser(serve=True).parse_args(argv[1:])
     parser = _subcommand_parser() if argv and argv[0] in SUBCOMMANDS else _generation_parser()
     return parser.parse_args(argv)
 
@@ -603,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         terminated = isinstance(interrupt, Terminated)
         print(f"riffstream: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-        if run is _generate and as_program:
+        if run in (_generate, _serve) and as_program:
             # Everything is stopped and the file is closed; tearing down the model stack
             # would take seconds more, so leave now (only when run as a program).
             sys.stdout.flush()

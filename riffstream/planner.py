@@ -92,17 +92,47 @@ class Journey:
         self.clips_per_transition = clips_per_transition
         self.total_clips = total_clips
         self._last_position = 0.0
+        # Endless play: clip `index` lies at `anchor position + (index - anchor index) / clips_per_transition`.
+        self._anchor = (0, 0.0)
+        # (first waypoint, its seed): later waypoints walk on from the latest entry that covers them.
+        self._seeds = [(0, self.seed)]
 
     def position(self, index: int) -> float:
         """Where clip ``index`` lies on the path, in waypoints."""
         transitions = len(self.prompts) - 1
         if self.total_clips is not None and transitions > 0:
             return 0.0 if self.total_clips == 1 else transitions * index / (self.total_clips - 1)
-        return index / self.clips_per_transition
+        anchor_index, anchor_position = self._anchor
+        return anchor_position + (index - anchor_index) / self.clips_per_transition
 
     def waypoint(self, j: int) -> tuple[str, int]:
         """(prompt, seed) of waypoint ``j``."""
-        return self.prompts[min(j, len(self.prompts) - 1)], self.seed + j
+        first, seed = next((first, seed) for first, seed in reversed(self._seeds) if first <= j)
+        return self.prompts[min(j, len(self.prompts) - 1)], seed + j - first
+
+    def _reached(self, next_index: int) -> int:
+        """The waypoint the last planned clip is at or heading to (0 before any clip is planned)."""
+        return math.ceil(self._last_position - 1e-9) if next_index > 0 else 0
+
+    def upcoming(self, next_index: int) -> list[str]:
+        """Prompts queued beyond the transition in progress."""
+        return self.prompts[self._reached(next_index) + 1 :]
+
+    def set_seed(self, seed: int, next_index: int) -> None:
+        """Walk on from ``seed`` after the waypoint in progress (from the start if nothing is planned)."""
+        reached = self._reached(next_index)
+        first = reached + 1 if next_index > 0 else 0
+        self._seeds = [entry for entry in self._seeds if entry[0] < first] + [(first, int(seed))]
+        self.seed = int(seed)
+
+    def set_clips_per_transition(self, clips: int, next_index: int) -> None:
+        """Take ``clips`` clips per transition from clip ``next_index`` on, without a jump in position."""
+        if clips < 1:
+            raise RiffstreamError(f"clips per transition must be 1 or more, not {clips}")
+        if self.total_clips is not None:
+            raise RiffstreamError("the journey of a finite --duration is fixed: its pace cannot change")
+        self._anchor = (next_index, self.position(next_index))
+        self.clips_per_transition = clips
 
     def clip(self, index: int) -> Clip:
         """Plan clip ``index`` (clips are planned in order; ``queue`` only affects later ones)."""
@@ -129,7 +159,7 @@ class Journey:
             raise RiffstreamError("empty prompt")
         if self.total_clips is not None:
             raise RiffstreamError("the journey of a finite --duration is fixed: new prompts go to endless streams")
-        reached = math.ceil(self._last_position - 1e-9) if next_index > 0 else 0
+        reached = self._reached(next_index)
         # Waypoints up to `reached` are passed or in progress; later ones may be redefined.
         if reached >= len(self.prompts) - 1:
             self.prompts = [self.waypoint(j)[0] for j in range(reached + 1)] + [prompt]

@@ -9,11 +9,14 @@ Four stages run at once, and this is the only module with threads:
    audio stage (on a small CPU the two share the cores; on a GPU the audio stage is free).
 3. **Consumer** (thread): turns each image into audio and joins it to the previous clip
    with :class:`~riffstream.stitch.ClipStitcher` (phase continued across the overlap,
-   correlation-aware equal-power crossfade, steady loudness), then writes it to the
-   output file and to the :class:`RingBuffer` (:class:`StreamEnds` cuts the stream to its
-   exact duration and fades its very edges).
-4. **Player** (PortAudio's thread, :class:`~riffstream.sinks.Player`): its callback only
-   copies from the ring buffer; on underrun it plays silence and counts it.
+   correlation-aware equal-power crossfade, steady loudness), then writes it to every
+   :class:`~riffstream.sinks.Sink` (an output file, ...) and to the :class:`RingBuffer`
+   (:class:`StreamEnds` cuts the stream to its exact duration and fades its very edges).
+4. **Clock**: something that takes the ring buffer's audio at the pace it is heard. Either
+   the sound card (:class:`~riffstream.sinks.Player`, in PortAudio's thread: its callback
+   only copies from the ring buffer), or :class:`RealTimeClock` (a thread of its own), which
+   hands each block to live sinks such as :class:`~riffstream.sinks.broadcast.Broadcast`.
+   On underrun either plays silence and counts it.
 
 The main thread (:meth:`Stream.run`) starts them, shows progress, decides when playing
 may start, and stops everything within a second on Ctrl-C or SIGTERM, leaving the
@@ -38,7 +41,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +58,8 @@ from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher,
 if TYPE_CHECKING:
     from PIL import Image
 
+    from riffstream.sinks import Sink
+
 #: Default img2img strength, as Riffusion's seed images used.
 DEFAULT_STRENGTH = 0.75
 #: Fade-in at the very start and fade-out at the very end, seconds: no click at either edge.
@@ -67,6 +72,10 @@ MAX_AHEAD = 600.0
 QUEUE_CLIPS = 2
 #: How often (seconds) waiting threads look at the stop flag.
 POLL = 0.02
+#: Block the real-time clock hands to live sinks, seconds.
+CLOCK_BLOCK = 0.05
+#: A clock this far behind its schedule (seconds) starts a new one instead of rushing to catch up.
+CLOCK_SLIP = 1.0
 
 
 class _Stopped(Exception):
@@ -176,6 +185,11 @@ class RingBuffer:
         """Frames written and not yet read."""
         return self._written - self._read
 
+    @property
+    def written(self) -> int:
+        """Frames written since the start."""
+        return self._written
+
     def write(self, frames: np.ndarray, stop: threading.Event) -> bool:
         """Append (n, channels) frames, waiting for room; False if ``stop`` was set first."""
         done = 0
@@ -203,6 +217,100 @@ class RingBuffer:
         return n
 
 
+class RealTimeClock:
+    """Takes audio from the ring buffer at real-time pace and hands it to live sinks, block by block.
+
+    The sound card's :class:`~riffstream.sinks.Player` without a sound card: it has the
+    same ``start``/``drain``/``close`` and ``underruns``, and its thread (started by
+    :meth:`start`) only copies from the ring and calls the sinks. Silence fills an
+    underrun, so listeners hear a steady stream; ``silence_frames`` counts it, which maps
+    ring frames to the clock's own time (:meth:`stream_frame`).
+    """
+
+    def __init__(self, source: RingBuffer, sample_rate: int, sinks: Sequence[Sink],
+                 block_seconds: float = CLOCK_BLOCK) -> None:
+        self.source, self.sample_rate, self.sinks = source, sample_rate, list(sinks)
+        self.block = np.zeros((max(1, round(block_seconds * sample_rate)), source.channels), np.float32)
+        self.underruns = 0
+        self.frames_out = 0
+        self.silence_frames = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="riffstream-clock", daemon=True)
+
+    @property
+    def stream_seconds(self) -> float:
+        """Audio handed to the sinks so far, seconds: the clock's own time."""
+        return self.frames_out / self.sample_rate
+
+    def stream_frame(self, ring_frame: int) -> int:
+        """The clock time (frames) at which ring frame ``ring_frame`` is heard, if no underrun comes first."""
+        return ring_frame + self.silence_frames
+
+    def start(self) -> None:
+        """Start handing out audio."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        period = len(self.block) / self.sample_rate
+        due = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                copied = self.source.read_into(self.block)
+                if copied < len(self.block):
+                    if self.source.closed and self.source.available == 0:
+                        if copied:
+                            self._hand_out(self.block[:copied])
+                        break
+                    self.block[copied:] = 0
+                    self.underruns += 1
+                    self.silence_frames += len(self.block) - copied
+                self._hand_out(self.block)
+                due += period
+                late = time.monotonic() - due
+                if late > CLOCK_SLIP:
+                    due = time.monotonic()
+                elif late < 0:
+                    self._stop.wait(-late)
+        finally:
+            for sink in self.sinks:
+                sink.close()
+
+    def _hand_out(self, frames: np.ndarray) -> None:
+        audio = np.ascontiguousarray(frames.T)
+        for sink in self.sinks:
+            sink.write(audio)
+        self.frames_out += len(frames)
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait until the source has ended and everything in it has been handed out."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Stop handing out audio and close the sinks (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(1.0)
+        elif self._thread.ident is None:
+            for sink in self.sinks:
+                sink.close()
+
+
+@dataclass(frozen=True)
+class ClipEvent:
+    """A clip (or a loop of the last one) has entered the live stream.
+
+    ``live_frame`` is the ring buffer frame where its audio begins, ``frames`` its length;
+    ``image`` is its spectrogram.
+    """
+
+    clip: Clip
+    image: Image.Image
+    live_frame: int
+    frames: int
+    loop: bool = False
+
+
 @dataclass(frozen=True)
 class StreamOptions:
     """What to generate and how to join it (everything but the model and the sinks)."""
@@ -224,6 +332,9 @@ class StreamOptions:
     duration: float | None = None
     save_spectrograms: Path | None = None
     prebuffer: float | None = None
+    #: Most audio (seconds) live play buffers ahead of the listener; None: a minute or more. Less makes
+    #: typed prompts heard sooner, more rides out a slow model longer.
+    max_ahead: float | None = None
     params: SpectrogramParams = field(default_factory=SpectrogramParams)
 
 
@@ -274,15 +385,18 @@ def validate(options: StreamOptions, clip_width: int) -> None:
 
 
 class Stream:
-    """One run of the stream: a model, options, an optional file writer and an optional player.
+    """One run of the stream: a model, options, sinks for the finished audio, and an optional clock.
 
-    ``writer`` is an :class:`~riffstream.sinks.AudioFileWriter` (or anything with
-    ``write``); ``player_factory(ring)`` makes the :class:`~riffstream.sinks.Player` that
-    reads the ring buffer. ``prompt_lines`` is an iterable of text lines (such as stdin):
-    each non-empty line queues a transition to it, in endless streams.
+    ``sinks`` take the exact, finished audio (an :class:`~riffstream.sinks.AudioFileWriter`,
+    or any :class:`~riffstream.sinks.Sink`); the stream writes to them and never closes
+    them. ``player_factory(ring)`` makes the clock that takes the live audio from the ring
+    buffer: the sound card's :class:`~riffstream.sinks.Player` or a :class:`RealTimeClock`.
+    ``on_clip`` callbacks get a :class:`ClipEvent` as each clip enters the live stream (in
+    the consumer's thread: they must only hand off). :meth:`queue_prompt` and
+    :meth:`change` steer an endless stream while it runs.
     """
 
-    def __init__(self, model, options: StreamOptions, writer=None,
+    def __init__(self, model, options: StreamOptions, sinks: Sequence[Sink] = (),
                  player_factory: Callable[[RingBuffer], object] | None = None) -> None:
         from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
@@ -291,7 +405,7 @@ class Stream:
         self.params = options.params
         self.steps = options.steps or DEFAULT_STEPS
         self.guidance = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
-        self.writer = writer
+        self.sinks = list(sinks)
         self.clip_width = model.options.width
         validate(options, self.clip_width)
         if model.options.height != self.params.num_frequencies:
@@ -313,6 +427,10 @@ class Stream:
         self.stats = StreamStats()
         self.stop_event = threading.Event()
         self.prompt_queue: queue.Queue[str] = queue.Queue()
+        self._changes: queue.Queue[dict] = queue.Queue()
+        self.negative_prompt = options.negative_prompt
+        self.on_clip: list[Callable[[ClipEvent], None]] = []
+        self.next_clip = 0
         self.messages: queue.Queue[str] = queue.Queue()
         self._latents: queue.Queue = queue.Queue(maxsize=QUEUE_CLIPS)
         self._images: queue.Queue = queue.Queue(maxsize=QUEUE_CLIPS)
@@ -323,6 +441,8 @@ class Stream:
         self.player = None
         if player_factory is not None:
             ahead = max(60.0, (options.duration or 0) + self.clip_seconds, (options.prebuffer or 0) + self.clip_seconds)
+            if options.max_ahead is not None:
+                ahead = max(options.max_ahead, (options.prebuffer or 0) + self.clip_seconds)
             self.ring = RingBuffer(round(min(ahead, MAX_AHEAD) * rate), self.params.channels)
             self.player = player_factory(self.ring)
         self._threads = [
@@ -351,21 +471,62 @@ class Stream:
         if text.strip():
             self.prompt_queue.put(text.strip())
 
+    def change(self, seed: int | None = None, clips_per_transition: int | None = None,
+               steps: int | None = None, negative_prompt: str | None = None, *,
+               clear_negative_prompt: bool = False) -> None:
+        """Change settings for the clips planned from now on (thread-safe); one-line error if a value is unusable.
+
+        The seed walks on from the next waypoint, so a transition in progress ends as planned.
+        """
+        if seed is not None:
+            check_number(seed, "seed", checks.SEED)
+        if clips_per_transition is not None:
+            check_number(clips_per_transition, "clips per transition", checks.CLIPS_PER_TRANSITION)
+            if self.total_clips is not None:
+                raise RiffstreamError("the journey of a finite --duration is fixed: its pace cannot change")
+        if steps is not None:
+            check_number(steps, "steps", checks.STEPS)
+        change: dict = {key: value for key, value in
+                        (("seed", seed), ("clips_per_transition", clips_per_transition), ("steps", steps))
+                        if value is not None}
+        if negative_prompt is not None or clear_negative_prompt:
+            change["negative_prompt"] = (negative_prompt or "").strip() or None
+        self._changes.put(change)
+
+    def _apply_changes(self, index: int) -> bool:
+        """Apply queued prompts and changes before planning clip ``index``; True if the negative prompt changed."""
+        while not self.prompt_queue.empty():
+            prompt = self.prompt_queue.get()
+            try:
+                self.journey.queue(prompt, index)
+                self.messages.put(f"queued a transition to {prompt!r}")
+            except RiffstreamError as error:
+                self.messages.put(f"ignored {prompt!r}: {error}")
+        negative_changed = False
+        while not self._changes.empty():
+            change = self._changes.get()
+            if "seed" in change:
+                self.journey.set_seed(change["seed"], index)
+            if "clips_per_transition" in change:
+                self.journey.set_clips_per_transition(change["clips_per_transition"], index)
+            if "steps" in change:
+                self.steps = change["steps"]
+            if "negative_prompt" in change and change["negative_prompt"] != self.negative_prompt:
+                self.negative_prompt = change["negative_prompt"]
+                negative_changed = True
+        return negative_changed
+
     def _produce(self) -> None:
         model = self.model
-        negative = model.encode_prompt(self.options.negative_prompt) if self.options.negative_prompt else None
+        negative = model.encode_prompt(self.negative_prompt) if self.negative_prompt else None
         fixed_init = model.encode_image(self.options.init_image) if self.options.init_image is not None else None
         index = 0
         previous = None
         while not self.stop_event.is_set() and (self.total_clips is None or index < self.total_clips):
-            while not self.prompt_queue.empty():
-                prompt = self.prompt_queue.get()
-                try:
-                    self.journey.queue(prompt, index)
-                    self.messages.put(f"queued a transition to {prompt!r}")
-                except RiffstreamError as error:
-                    self.messages.put(f"ignored {prompt!r}: {error}")
+            if self._apply_changes(index):
+                negative = model.encode_prompt(self.negative_prompt) if self.negative_prompt else None
             clip = self.journey.clip(index)
+            self.next_clip = index + 1
             embeds = lerp(model.encode_prompt(clip.prompt_a), model.encode_prompt(clip.prompt_b), clip.alpha)
             noise = slerp(self._noise(clip.seed_a), self._noise(clip.seed_b), clip.alpha)
             init_latents = fixed_init
@@ -436,7 +597,7 @@ class Stream:
         live_clips: ClipStitcher | None = None
         to_file = StreamEnds(channels, self.edge_frames, self.total_frames)
         live = StreamEnds(channels, self.edge_frames, self.total_frames) if self.ring else None
-        last_image = None
+        last_image = last_clip = None
         told_looping = False
         try:
             while not self.stop_event.is_set():
@@ -455,10 +616,11 @@ class Stream:
                             told_looping = True
                         self.stats.loops += 1
                         if live_clips is None:
-                            live_clips = copy.deepcopy(clips) if self.writer is not None else clips
+                            live_clips = copy.deepcopy(clips) if self.sinks else clips
                         repeat = live_clips.add(last_image)
                         if live.total is not None:
                             live.total += repeat.shape[1]
+                        self._announce(last_clip, last_image, repeat.shape[1], loop=True)
                         self._feed_ring(live.push(repeat))
                     continue
                 if item is None:
@@ -470,9 +632,10 @@ class Stream:
                 self._write(to_file.push(audio))
                 if live_clips is not None and live_clips is not clips:
                     audio = live_clips.add(image)
+                self._announce(clip, image, audio.shape[1])
                 if live is not None and not self._feed_ring(live.push(audio)):
                     break
-                last_image = image
+                last_image, last_clip = image, clip
                 self.stats.clips += 1
                 self.stats.audio_seconds = to_file.emitted / rate
                 if self.stats.first_audio is None:
@@ -493,8 +656,17 @@ class Stream:
 
     def _write(self, audio: np.ndarray) -> None:
         with self._write_lock:
-            if self.writer is not None and not self._writes_closed and audio.shape[1]:
-                self.writer.write(audio)
+            if not self._writes_closed and audio.shape[1]:
+                for sink in self.sinks:
+                    sink.write(audio)
+
+    def _announce(self, clip: Clip, image, frames: int, loop: bool = False) -> None:
+        if self.on_clip:
+            live_frame = (self.ring.written if self.ring is not None
+                          else round(self.stats.audio_seconds * self.params.sample_rate))
+            event = ClipEvent(clip, image, live_frame, frames, loop)
+            for callback in self.on_clip:
+                callback(event)
 
     def _feed_ring(self, audio: np.ndarray) -> bool:
         return self.ring.write(np.ascontiguousarray(audio.T), self.stop_event)

@@ -114,7 +114,7 @@ def model(tiny_exported):
 def _render(model, path, duration, seed=3, **options):
     opts = StreamOptions(prompts=("lofi", "jazz"), seed=seed, steps=options.pop("steps", 2), duration=duration, **options)
     with AudioFileWriter(path, RATE, 1) as writer:
-        stream = Stream(model, opts, writer)
+        stream = Stream(model, opts, [writer])
         stream.run()
     return stream
 
@@ -183,7 +183,7 @@ def test_spectrograms_and_their_path_are_saved(model, tmp_path):
 def test_stop_ends_every_thread_within_a_second(model, tmp_path):
     opts = StreamOptions(prompts=("lofi",), seed=1, steps=50)
     with AudioFileWriter(tmp_path / "s.wav", RATE, 1) as writer:
-        stream = Stream(model, opts, writer)
+        stream = Stream(model, opts, [writer])
         stream.start()
         time.sleep(1.0)
         began = time.monotonic()
@@ -239,7 +239,7 @@ def test_a_strength_outside_0_to_1_is_refused(model):
 def test_nothing_is_written_after_stop_returns_so_the_file_can_be_closed(model, tmp_path):
     opts = StreamOptions(prompts=("lofi",), seed=2, steps=1, crossfade=0.1)
     writer = AudioFileWriter(tmp_path / "race.wav", RATE, 1)
-    stream = Stream(model, opts, writer)
+    stream = Stream(model, opts, [writer])
     stream.start()
     deadline = time.monotonic() + 60
     while stream.stats.clips < 2 and time.monotonic() < deadline:

@@ -1,0 +1,4 @@
+"""`riffstream serve`: the stream on the network, as a page, HTTP audio streams, a JSON API and an Icecast source."""
+
+#: Default ceiling on simultaneous listeners (audio streams plus event streams).
+DEFAULT_MAX_LISTENERS = 256

@@ -1,0 +1,249 @@
+"""`riffstream serve` over loopback: listeners, the API, events, limits and tokens (real server, tiny model)."""
+
+import concurrent.futures
+import http.client
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import soundfile
+
+from riffstream.sinks.broadcast import split_mp3_frames, split_ogg_pages
+from tests.serving import FAST_SERVE, read_stream, serving
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def station(tiny_exported, tmp_path_factory):
+    """An open station (loopback, no token), one clip per transition so prompts arrive fast."""
+    with serving(tiny_exported, tmp_path_factory.mktemp("serve"), "--clips-per-transition", "1",
+                 "--seed", "3") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_exported, tmp_path_factory):
+    """A station that needs a token for control calls, and takes at most three listeners."""
+    with serving(tiny_exported, tmp_path_factory.mktemp("guarded"), "--token", TOKEN, "--max-listeners", "3") as server:
+        yield server
+
+
+def events(port: int, until, seconds: float, query: str = "") -> list[tuple[str, dict]]:
+    """Server-sent events read until ``until(events)`` holds or ``seconds`` pass."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=seconds + 5)
+    connection.request("GET", f"/api/events{query}")
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/event-stream")
+    got: list[tuple[str, dict]] = []
+    name = None
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and not until(got):
+            line = response.fp.readline().decode().rstrip("\n")
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                got.append((name, json.loads(line[6:])))
+    finally:
+        connection.close()
+    return got
+
+
+def mp3_seconds(data: bytes) -> float:
+    frames, _ = split_mp3_frames(data)
+    return len(frames) * 1152 / 44100
+
+
+def test_listeners_get_the_same_bytes_from_their_join_points(station):
+    def listen(delay: float) -> bytes:
+        time.sleep(delay)
+        return read_stream(station.port, "/stream.mp3", 3.0)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        streams = list(pool.map(listen, [0.0, 0.0, 0.4, 0.8, 1.2, 1.6]))
+    first = streams[0]
+    for other in streams[1:]:
+        assert other[:4] == first[:4] or other[:2] == b"\xff\xfb"
+        offset = first.find(other[:2048])
+        assert offset >= 0, "a later listener's stream is not part of the first one's"
+        overlap = min(len(first) - offset, len(other))
+        assert overlap > 16_000 and first[offset : offset + overlap] == other[:overlap]
+    for data in streams:
+        samples, rate = soundfile.read(io.BytesIO(data))
+        assert rate == 44100 and len(samples) > 2 * rate
+
+
+def test_a_late_listener_gets_a_burst_of_whole_frames_at_once(station):
+    connection = http.client.HTTPConnection("127.0.0.1", station.port, timeout=10)
+    began = time.monotonic()
+    connection.request("GET", "/stream.mp3")
+    response = connection.getresponse()
+    assert response.getheader("content-type") == "audio/mpeg"
+    data = b""
+    while mp3_seconds(data) < 1.0:
+        data += response.read1(65536)
+    waited = time.monotonic() - began
+    connection.close()
+    assert waited < 1.0, f"a second of audio took {waited:.2f} s to arrive"
+    assert data[:2] in (b"\xff\xfb", b"\xff\xfa"), "the stream does not start on an MP3 frame"
+
+
+def test_an_ogg_listener_gets_the_opus_headers_then_whole_pages(station):
+    data = read_stream(station.port, "/stream.ogg", 2.5)
+    pages, _ = split_ogg_pages(data)
+    assert [page[28:36] for page in pages[:2]] == [b"OpusHead", b"OpusTags"]
+    assert len(pages) > 10
+    samples, rate = soundfile.read(io.BytesIO(b"".join(pages)))
+    assert rate == 48000 and len(samples) > 1.5 * rate
+
+
+def test_a_posted_prompt_reaches_the_clips_planned_after_it(station):
+    code, body = station.request("POST", "/api/prompt", {"prompt": "smooth jazz"})
+    assert (code, body) == (202, {"queued": "smooth jazz"})
+    got = events(station.port, lambda got: any(n == "clip" and d["prompt_b"] == "smooth jazz" for n, d in got), 60)
+    carrying = [d for n, d in got if n == "clip" and d["prompt_b"] == "smooth jazz"]
+    assert carrying, f"no clip moved to the posted prompt: {got[-3:]}"
+    assert carrying[0]["png"] == f"/api/clips/{carrying[0]['index']}.png"
+
+
+def test_settings_apply_to_the_clips_planned_after_them(station):
+    code, body = station.request("POST", "/api/settings", {"seed": 5000, "steps": 1})
+    assert code == 200 and body["settings"]["seed"] == 5000 and body["settings"]["steps"] == 1
+    got = events(station.port, lambda got: any(n == "clip" and d["seed_b"] >= 5000 for n, d in got), 60)
+    assert any(n == "clip" and d["seed_b"] >= 5000 for n, d in got)
+    assert station.status()["settings"]["steps"] == 1
+
+
+def test_events_tell_a_listener_where_its_audio_starts(station):
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        listening = pool.submit(read_stream, station.port, "/stream.mp3?listener=page-1", 3.0)
+        got = events(station.port, lambda got: any(n == "listener" for n, _ in got), 10, "?listener=page-1")
+        listening.result()
+    names = [name for name, _ in got]
+    assert names[0] == "status" and "clip" in names
+    listener = next(data for name, data in got if name == "listener")
+    assert listener["id"] == "page-1" and listener["format"] == "mp3"
+    assert 0 <= listener["start"] <= got[0][1]["stream_time"] + 3
+
+
+def test_clip_spectrograms_are_served_while_kept(station):
+    clip = station.status()["clip"]
+    code, png = station.request("GET", f"/api/clips/{clip}.png")
+    assert code == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(png)).height == 512
+    code, body = station.request("GET", "/api/clips/999999.png")
+    assert code == 404 and "not kept" in body["detail"]
+
+
+@pytest.mark.parametrize("method, path, body, headers, code", [
+    ("POST", "/api/prompt", {"prompt": "x" * 301}, None, 422),
+    ("POST", "/api/prompt", {"prompt": "   "}, None, 422),
+    ("POST", "/api/prompt", {"prompt": "a\x00b"}, None, 422),
+    ("POST", "/api/prompt", {"prompt": "jazz", "extra": 1}, None, 422),
+    ("POST", "/api/prompt", b"{not json", {"Content-Type": "application/json"}, 422),
+    ("POST", "/api/prompt", b"x" * 20_000, {"Content-Type": "application/json"}, 413),
+    ("POST", "/api/settings", {"steps": 0}, None, 422),
+    ("POST", "/api/settings", {"seed": -1}, None, 422),
+    ("POST", "/api/settings", {"clips_per_transition": 10**12}, None, 422),
+    ("GET", "/stream.mp3?listener=../../etc", None, None, 422),
+    ("GET", "/api/clips/-1.png", None, None, 422),
+    ("GET", "/nothing-here", None, None, 404),
+    ("DELETE", "/api/prompt", None, None, 405),
+])
+def test_bad_requests_get_a_4xx_with_one_line(station, method, path, body, headers, code):
+    got, payload = station.request(method, path, body, headers)
+    assert got == code
+    assert isinstance(payload, dict) and isinstance(payload["detail"], str) and "\n" not in payload["detail"]
+
+
+def test_a_body_without_a_length_is_refused(station):
+    connection = http.client.HTTPConnection("127.0.0.1", station.port, timeout=10)
+    connection.request("POST", "/api/prompt", body=iter([b'{"prompt": "jazz"}']),
+                       headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    response = connection.getresponse()
+    assert response.status == 411 and "Content-Length" in json.loads(response.read())["detail"]
+    connection.close()
+
+
+def test_a_stalled_listener_is_dropped_and_never_slows_the_others(station):
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", station.port))
+    stalled.sendall(b"GET /stream.mp3 HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        began = time.monotonic()
+        data = read_stream(station.port, "/stream.mp3", 14.0)
+        elapsed = time.monotonic() - began
+        # The burst, then real time: the stalled listener held nobody back.
+        assert mp3_seconds(data) > elapsed + 1.0
+        deadline = time.monotonic() + 15
+        while station.status()["listeners"]["mp3"] > 0:
+            assert time.monotonic() < deadline, "the stalled listener was never dropped"
+            time.sleep(0.5)
+    finally:
+        stalled.close()
+
+
+def test_a_port_in_use_ends_in_one_line_before_any_model_loads(station, tiny_exported):
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "riffstream", "serve", "lofi", "--port", str(station.port),
+                             *FAST_SERVE, "--cache-dir", str(tiny_exported)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"riffstream: error: cannot serve on 127.0.0.1:{station.port}: the port is "
+                                     "in use (is another riffstream serving?)")
+    assert time.monotonic() - began < 20
+
+
+def test_control_calls_need_the_token_and_listening_does_not(guarded):
+    prompt = {"prompt": "ambient"}
+    code, body = guarded.request("POST", "/api/prompt", prompt)
+    assert code == 401 and "token" in body["detail"]
+    code, body = guarded.request("POST", "/api/prompt", prompt, {"Authorization": "Bearer wrong-token"})
+    assert code == 403
+    code, body = guarded.request("POST", "/api/prompt", prompt, {"Authorization": f"Bearer {TOKEN}"})
+    assert code == 202
+    assert guarded.status()["token_required"] is True
+    assert len(read_stream(guarded.port, "/stream.mp3", 1.0)) > 1000
+    assert "?token=" in guarded.stderr() or "token" in guarded.stderr()
+
+
+def wait_for_no_listeners(server) -> None:
+    deadline = time.monotonic() + 10
+    while sum(server.status()["listeners"].values()):
+        assert time.monotonic() < deadline, "listeners who left are still counted"
+        time.sleep(0.1)
+
+
+def test_listeners_over_the_maximum_get_429(guarded):
+    wait_for_no_listeners(guarded)
+    connections = []
+    try:
+        for _ in range(3):
+            connection = http.client.HTTPConnection("127.0.0.1", guarded.port, timeout=10)
+            connection.request("GET", "/stream.mp3")
+            assert connection.getresponse().status == 200
+            connections.append(connection)
+        code, body = guarded.request("GET", "/stream.ogg")
+        assert code == 429 and "maximum of 3 listeners" in body["detail"]
+    finally:
+        for connection in connections:
+            connection.close()
+    wait_for_no_listeners(guarded)
+
+
+def test_control_calls_are_rate_limited(guarded):
+    codes = [guarded.request("POST", "/api/settings", {"steps": 2}, {"Authorization": f"Bearer {TOKEN}"})
+             for _ in range(25)]
+    assert {code for code, _ in codes} <= {200, 429}
+    limited = [body for code, body in codes if code == 429]
+    assert limited and "too many control calls" in limited[0]["detail"]
