@@ -315,7 +315,7 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _max_listeners(text: str) -> int:
+def _count(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 100_000:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 100000, not {text!r}")
     return int(text)
@@ -332,7 +332,7 @@ def _icecast(text: str):
 
 def _add_serve_options(group) -> None:
     """Where and how ``riffstream serve`` serves."""
-    from riffstream.server import DEFAULT_MAX_LISTENERS
+    from riffstream.server import CONTROL_CALLS, CONTROL_WINDOW, DEFAULT_MAX_LISTENERS
 
     group.add_argument("--host", default="127.0.0.1",
                        help="address to serve on; any address but loopback needs the control token "
@@ -340,8 +340,11 @@ def _add_serve_options(group) -> None:
     group.add_argument("--port", type=_port, default=8000, help="port to serve on (default: %(default)s)")
     group.add_argument("--token", help="the token control calls must send (Authorization: Bearer TOKEN); default: "
                                        "none on loopback, a new one (printed) on any other address")
-    group.add_argument("--max-listeners", type=_max_listeners, default=DEFAULT_MAX_LISTENERS, metavar="N",
+    group.add_argument("--max-listeners", type=_count, default=DEFAULT_MAX_LISTENERS, metavar="N",
                        help="most simultaneous listeners and event streams (default: %(default)s)")
+    group.add_argument("--control-rate", type=_count, default=CONTROL_CALLS, metavar="N",
+                       help=f"control calls (prompt, settings) each client may make per {CONTROL_WINDOW:g} s "
+                            "(default: %(default)s)")
     group.add_argument("--icecast", type=_icecast, metavar="URL",
                        help="also push the stream to an Icecast 2 server as a source: "
                             "icecast://source:PASSWORD@HOST:PORT/MOUNT; reconnects if it drops")
@@ -635,7 +638,7 @@ def _serve(args: argparse.Namespace) -> None:
     plan = plan_generation(args)
     options = server.ServeOptions(host=args.host, port=args.port, token=server.needs_token(args.host, args.token),
                                   max_listeners=args.max_listeners, icecast=args.icecast,
-                                  icecast_format=args.icecast_format)
+                                  icecast_format=args.icecast_format, control_calls=args.control_rate)
     if options.icecast is not None:
         _check_icecast(options)
     sock = server.bind(args.host, args.port)

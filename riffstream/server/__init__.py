@@ -2,3 +2,5 @@
 
 #: Default ceiling on simultaneous listeners (audio streams plus event streams).
 DEFAULT_MAX_LISTENERS = 256
+#: Control calls (prompt, settings) each client may make per window (seconds), by default.
+CONTROL_CALLS, CONTROL_WINDOW = 20, 10.0

@@ -38,7 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from riffstream.errors import RiffstreamError
-from riffstream.server import DEFAULT_MAX_LISTENERS
+from riffstream.server import CONTROL_CALLS, CONTROL_WINDOW, DEFAULT_MAX_LISTENERS
 from riffstream.sinks.broadcast import Broadcast, EncodedStream, FellBehind
 
 if TYPE_CHECKING:
@@ -56,8 +56,6 @@ MAX_LAG_SECONDS = 10.0
 PROMPT_CHARS = 300
 #: Most denoising steps a control call may ask for.
 MAX_STEPS = 50
-#: Control calls each client may make per window (seconds).
-CONTROL_CALLS, CONTROL_WINDOW = 20, 10.0
 #: Largest request body, bytes.
 MAX_BODY = 16 * 1024
 #: Spectrograms kept for /api/clips, and recent clips sent to a new event subscriber.
@@ -83,6 +81,7 @@ class ServeOptions:
     max_listeners: int = DEFAULT_MAX_LISTENERS
     icecast: IcecastTarget | None = None
     icecast_format: str = "mp3"
+    control_calls: int = CONTROL_CALLS  # per client per CONTROL_WINDOW seconds
 
     @property
     def url(self) -> str:
@@ -179,7 +178,7 @@ class Station:
         self.listener_starts: OrderedDict[str, dict] = OrderedDict()
         self._subscribers: set[asyncio.Queue] = set()
         self._wakers: dict[str, asyncio.Event] = {}
-        self.rate_limit = _RateLimit(CONTROL_CALLS, CONTROL_WINDOW)
+        self.rate_limit = _RateLimit(options.control_calls, CONTROL_WINDOW)
         self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------------ life
@@ -510,6 +509,15 @@ def _text(value: str, what: str) -> str:
     return value
 
 
+#: What a control call may answer besides success: each a JSON {"detail": one line}.
+CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is not JSON"}, 401: {"description": "the token is needed"},
+    403: {"description": "wrong token"}, 411: {"description": "no Content-Length"},
+    413: {"description": "body too large"}, 422: {"description": "a value is out of bounds"},
+    429: {"description": "too many control calls"},
+}
+
+
 def listener_id(listener: str | None = None) -> str | None:
     """The ``?listener=`` a page names itself by, checked."""
     if listener is not None and not _LISTENER_ID.match(listener):
@@ -556,7 +564,8 @@ def create_app(station: Station) -> FastAPI:
                 raise HTTPException(403, "wrong token")
         client = request.client.host if request.client else "?"
         if not station.rate_limit.allow(client):
-            raise HTTPException(429, f"too many control calls: at most {CONTROL_CALLS} every {CONTROL_WINDOW:g} s")
+            raise HTTPException(429, f"too many control calls: at most {station.options.control_calls} every "
+                                     f"{CONTROL_WINDOW:g} s")
 
     def room() -> None:
         if station.full():
@@ -600,7 +609,7 @@ def create_app(station: Station) -> FastAPI:
         return Response(data, media_type="image/png", headers={"cache-control": "max-age=3600"})
 
     @app.post("/api/prompt", status_code=202, response_model=Queued, dependencies=[Depends(control)],
-              summary="Queue a transition to a prompt", responses={401: {}, 403: {}, 422: {}, 429: {}})
+              summary="Queue a transition to a prompt", responses=CONTROL_RESPONSES)
     async def prompt(body: PromptIn) -> Queued:
         text = _text(body.prompt, "prompt")
         station.stream.queue_prompt(text)
@@ -608,7 +617,7 @@ def create_app(station: Station) -> FastAPI:
 
     @app.post("/api/settings", response_model=SettingsOut, dependencies=[Depends(control)],
               summary="Change seed, clips per transition, steps or negative prompt for clips to come",
-              responses={401: {}, 403: {}, 422: {}, 429: {}})
+              responses=CONTROL_RESPONSES)
     async def settings(body: SettingsIn) -> SettingsOut:
         negative = body.negative_prompt
         clear = "negative_prompt" in body.model_fields_set and not (negative or "").strip()
