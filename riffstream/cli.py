@@ -649,11 +649,9 @@ def _serve(args: argparse.Namespace) -> None:
                   file=sys.stderr)
         params = plan.stream.params
         broadcast = Broadcast(params.sample_rate, params.channels)
-        clocks: list[RealTimeClock] = []
 
-        def clock(ring):
-            clocks.append(RealTimeClock(ring, params.sample_rate, [broadcast]))
-            return clocks[0]
+        def clock(ring) -> RealTimeClock:
+            return RealTimeClock(ring, params.sample_rate, [broadcast])
 
         def log(line: str) -> None:
             print(f"riffstream: {line}", file=sys.stderr, flush=True)
@@ -669,7 +667,7 @@ def _serve(args: argparse.Namespace) -> None:
         with recording or contextlib.nullcontext():
             stream = Stream(model, dataclasses.replace(plan.stream, max_ahead=ahead), [recording] if recording else [],
                             clock)
-            stopped_by = server.serve(stream, clocks[0], broadcast, options, sock, log=log, on_ready=ready)
+            stopped_by = server.serve(stream, stream.player, broadcast, options, sock, log=log, on_ready=ready)
         if recording is not None:
             log(f"kept {args.out}: {recording.frames_written / params.sample_rate:.2f} s")
         _summary(stream)

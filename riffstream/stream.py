@@ -301,7 +301,8 @@ class ClipEvent:
     """A clip (or a loop of the last one) has entered the live stream.
 
     ``live_frame`` is the ring buffer frame where its audio begins, ``frames`` its length;
-    ``image`` is its spectrogram.
+    ``image`` is its spectrogram; ``model_seconds`` the time the model took to make it
+    (denoising and decoding; 0 for a loop).
     """
 
     clip: Clip
@@ -309,6 +310,7 @@ class ClipEvent:
     live_frame: int
     frames: int
     loop: bool = False
+    model_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -542,7 +544,7 @@ class Stream:
             self.stats.denoise_seconds += marks[-1] - began
             first = self.stats.denoise_span[0] if self.stats.denoise_span else began
             self.stats.denoise_span = (first, marks[-1])
-            if not self._put(self._latents, (clip, latents)):
+            if not self._put(self._latents, (clip, latents, marks[-1] - began)):
                 return
             previous = latents
             index += 1
@@ -553,13 +555,14 @@ class Stream:
     def _decode(self) -> None:
         previous = None
         while (item := self._get(self._latents)) is not None:
-            clip, latents = item
+            clip, latents, denoise_seconds = item
             began = time.monotonic()
             image = self.model.decode(latents)
-            self.stats.decode_seconds += time.monotonic() - began
+            decode_seconds = time.monotonic() - began
+            self.stats.decode_seconds += decode_seconds
             if self.options.continuation and previous is not None:
                 image = keep_overlap(previous, image, self.overlap_columns)
-            if not self._put(self._images, (clip, image)):
+            if not self._put(self._images, (clip, image, denoise_seconds + decode_seconds)):
                 return
             previous = image
         self._put(self._images, None)
@@ -625,14 +628,14 @@ class Stream:
                     continue
                 if item is None:
                     break
-                clip, image = item
+                clip, image, model_seconds = item
                 if self.options.save_spectrograms is not None:
                     self._save_spectrogram(clip, image)
                 audio = clips.add(image)
                 self._write(to_file.push(audio))
                 if live_clips is not None and live_clips is not clips:
                     audio = live_clips.add(image)
-                self._announce(clip, image, audio.shape[1])
+                self._announce(clip, image, audio.shape[1], model_seconds=model_seconds)
                 if live is not None and not self._feed_ring(live.push(audio)):
                     break
                 last_image, last_clip = image, clip
@@ -660,11 +663,11 @@ class Stream:
                 for sink in self.sinks:
                     sink.write(audio)
 
-    def _announce(self, clip: Clip, image, frames: int, loop: bool = False) -> None:
+    def _announce(self, clip: Clip, image, frames: int, loop: bool = False, model_seconds: float = 0.0) -> None:
         if self.on_clip:
             live_frame = (self.ring.written if self.ring is not None
                           else round(self.stats.audio_seconds * self.params.sample_rate))
-            event = ClipEvent(clip, image, live_frame, frames, loop)
+            event = ClipEvent(clip, image, live_frame, frames, loop, model_seconds)
             for callback in self.on_clip:
                 callback(event)
 

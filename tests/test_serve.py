@@ -4,6 +4,7 @@ import concurrent.futures
 import http.client
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -249,3 +250,15 @@ def test_control_calls_are_rate_limited(guarded):
     assert {code for code, _ in codes} <= {200, 429}
     limited = [body for code, body in codes if code == 429]
     assert limited and "too many control calls" in limited[0]["detail"]
+
+
+def test_sigterm_stops_serving_and_keeps_the_recording(tiny_exported, tmp_path):
+    out = tmp_path / "recorded.wav"
+    with serving(tiny_exported, tmp_path, "--out", str(out)) as server:
+        assert len(read_stream(server.port, "/stream.mp3", 1.0)) > 1000
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(20) == 143
+        assert "kept" in server.stderr() and "Traceback" not in server.stderr()
+    samples, rate = soundfile.read(out)
+    assert rate == 44100 and len(samples) > 4 * rate
+    assert not list(tmp_path.glob(".*.partial"))

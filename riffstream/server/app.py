@@ -23,6 +23,7 @@ import io
 import ipaddress
 import re
 import secrets
+import signal
 import socket
 import time
 from collections import OrderedDict, deque
@@ -267,6 +268,7 @@ class Station:
             "index": clip.index, "start": round(self.clock.stream_frame(event.live_frame) / rate, 3),
             "duration": round(self.stream.clip_seconds, 3), "prompt_a": clip.prompt_a, "prompt_b": clip.prompt_b,
             "alpha": round(clip.alpha, 4), "seed_a": clip.seed_a, "seed_b": clip.seed_b, "loop": event.loop,
+            "model_s": round(event.model_seconds, 3),
             "png": f"/api/clips/{clip.index}.png",
         }
         self.clips[clip.index] = event.image
@@ -311,6 +313,8 @@ class Station:
             "queued": queued,
             "ahead_s": round(stream.ahead_seconds(), 2),
             "real_time_factor": round(stream.stats.real_time_factor(), 3),
+            "made_seconds": round(stream.stats.audio_seconds, 3),
+            "model_seconds": round(stream.stats.denoise_seconds + stream.stats.decode_seconds, 3),
             "listeners": counts,
             "behind": bool(self.recent and self.recent[-1]["loop"]),
             "loops": stream.stats.loops,
@@ -677,7 +681,14 @@ def serve(stream: Stream, clock: RealTimeClock, broadcast: Broadcast, options: S
         finally:
             watcher.cancel()
 
-    asyncio.run(main())
+    # uvicorn takes SIGINT and SIGTERM while it serves, then raises them again with the handlers it
+    # found: make those harmless, so that the caller learns the signal and ends as it chooses.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        asyncio.run(main())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if station.error is not None:
         raise station.error
     return received[-1] if received else None
