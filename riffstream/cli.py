@@ -175,7 +175,8 @@ being written keeps every finished clip.
 
 Conversions: riffstream image-to-audio SPEC.png OUT.wav, riffstream audio-to-image IN.wav
 OUT.png (see riffstream image-to-audio --help). Fetch and export a model ahead of time, to
-play offline later: riffstream download [MODEL].
+play offline later: riffstream download [MODEL]. Serve the stream to browsers, players and
+Icecast: riffstream serve [PROMPT] (see riffstream serve --help).
 """
 
 
