@@ -682,14 +682,12 @@ def _check_icecast(options) -> None:
     """One line and a non-zero exit now if the Icecast server refuses the source's password."""
     import asyncio
 
-    from riffstream.server.icecast import IcecastRejected, check_source
+    from riffstream.server.icecast import check_source
+    from riffstream.sinks.broadcast import ENCODERS
 
-    content_type = "audio/mpeg" if options.icecast_format == "mp3" else "audio/ogg"
-    try:
-        asyncio.run(check_source(options.icecast, content_type))
-    except IcecastRejected:
-        raise
-    except (OSError, ConnectionError) as error:
+    try:  # a refused password (IcecastRejected) ends serving with its one line
+        asyncio.run(check_source(options.icecast, ENCODERS[options.icecast_format].media_type))
+    except OSError as error:  # connection refused, unreachable, timed out: the source retries later
         print(f"riffstream: note: icecast {options.icecast.redacted()} is not reachable yet ({error}); "
               "will keep trying", file=sys.stderr)
 

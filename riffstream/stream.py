@@ -430,6 +430,7 @@ class Stream:
         self.stop_event = threading.Event()
         self.prompt_queue: queue.Queue[str] = queue.Queue()
         self._changes: queue.Queue[dict] = queue.Queue()
+        self._requested: dict = {}  # the latest value asked for of each setting changed: what clips to come use
         self.negative_prompt = options.negative_prompt
         self.on_clip: list[Callable[[ClipEvent], None]] = []
         self.next_clip = 0
@@ -474,11 +475,11 @@ class Stream:
             self.prompt_queue.put(text.strip())
 
     def change(self, seed: int | None = None, clips_per_transition: int | None = None,
-               steps: int | None = None, negative_prompt: str | None = None, *,
-               clear_negative_prompt: bool = False) -> None:
+               steps: int | None = None, negative_prompt: str | None = None) -> None:
         """Change settings for the clips planned from now on (thread-safe); one-line error if a value is unusable.
 
-        The seed walks on from the next waypoint, so a transition in progress ends as planned.
+        None leaves a setting as it is; an empty ``negative_prompt`` clears it. The seed walks on
+        from the next waypoint, so a transition in progress ends as planned.
         """
         if seed is not None:
             check_number(seed, "seed", checks.SEED)
@@ -491,9 +492,15 @@ class Stream:
         change: dict = {key: value for key, value in
                         (("seed", seed), ("clips_per_transition", clips_per_transition), ("steps", steps))
                         if value is not None}
-        if negative_prompt is not None or clear_negative_prompt:
-            change["negative_prompt"] = (negative_prompt or "").strip() or None
+        if negative_prompt is not None:
+            change["negative_prompt"] = negative_prompt.strip() or None
+        self._requested.update(change)
         self._changes.put(change)
+
+    def settings(self) -> dict:
+        """The settings the clips planned from now on use, changes asked for included."""
+        return {"seed": self.journey.seed, "clips_per_transition": self.journey.clips_per_transition,
+                "negative_prompt": self.negative_prompt, "steps": self.steps, **self._requested}
 
     def _apply_changes(self, index: int) -> bool:
         """Apply queued prompts and changes before planning clip ``index``; True if the negative prompt changed."""

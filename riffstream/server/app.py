@@ -21,6 +21,7 @@ import contextlib
 import hmac
 import io
 import ipaddress
+import json
 import re
 import secrets
 import signal
@@ -319,8 +320,7 @@ class Station:
             "behind": bool(self.recent and self.recent[-1]["loop"]),
             "loops": stream.stats.loops,
             "stream_time": round(self.clock.stream_seconds, 3),
-            "settings": {"seed": stream.journey.seed, "clips_per_transition": stream.journey.clips_per_transition,
-                         "negative_prompt": stream.negative_prompt, "steps": stream.steps},
+            "settings": stream.settings(),
             "limits": {"prompt_chars": PROMPT_CHARS, "steps": [1, MAX_STEPS]},
             "token_required": self.options.token is not None,
         }
@@ -394,8 +394,7 @@ class Station:
             async for chunk in self.chunks(encoded, BURST_SECONDS):
                 if gone.is_set():
                     break
-                newest = encoded.read(encoded.next_sequence - 1) if encoded.next_sequence else []
-                if newest and newest[-1].time - chunk.time > MAX_LAG_SECONDS:
+                if encoded.latest_time - chunk.time > MAX_LAG_SECONDS:
                     break
                 if first:
                     self.listener_started(listener_id, name, chunk.time)
@@ -450,8 +449,6 @@ class Station:
 
 
 def _sse(name: str, data: dict) -> str:
-    import json
-
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
@@ -624,22 +621,14 @@ def create_app(station: Station) -> FastAPI:
               responses=CONTROL_RESPONSES)
     async def settings(body: SettingsIn) -> SettingsOut:
         negative = body.negative_prompt
-        clear = "negative_prompt" in body.model_fields_set and not (negative or "").strip()
-        if negative is not None and not clear:
-            negative = _text(negative, "negative prompt")
+        if "negative_prompt" in body.model_fields_set:
+            negative = _text(negative, "negative prompt") if (negative or "").strip() else ""
         try:
             station.stream.change(seed=body.seed, clips_per_transition=body.clips_per_transition,
-                                  steps=body.steps, negative_prompt=None if clear else negative,
-                                  clear_negative_prompt=clear)
+                                  steps=body.steps, negative_prompt=negative)
         except RiffstreamError as error:
             raise HTTPException(422, str(error)) from None
-        current = station.status()["settings"]
-        current.update({key: value for key, value in (("seed", body.seed), ("steps", body.steps),
-                                                       ("clips_per_transition", body.clips_per_transition))
-                        if value is not None})
-        if "negative_prompt" in body.model_fields_set:
-            current["negative_prompt"] = None if clear else negative
-        return SettingsOut(settings=current)
+        return SettingsOut(settings=station.stream.settings())
 
     return app
 

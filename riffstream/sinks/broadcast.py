@@ -68,6 +68,12 @@ class EncodedStream:
         self._lock = threading.Lock()
 
     @property
+    def latest_time(self) -> float:
+        """Stream time of the newest chunk (0 before any)."""
+        chunks = self._chunks
+        return chunks[-1].time if chunks else 0.0
+
+    @property
     def next_sequence(self) -> int:
         """Sequence number the next appended chunk will have."""
         return self._first + len(self._chunks)
