@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from riffstream import checks
-from riffstream.checks import option_type
+from riffstream.checks import Limits, option_type
 from riffstream.errors import RiffstreamError
 from riffstream.phase import DEFAULT_ITERATIONS
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS
@@ -238,6 +238,7 @@ def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
     from riffstream.model.options import PRESET_NAMES, PRESETS
     from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
     from riffstream.stream import DEFAULT_STRENGTH
+    from riffstream.tempo import BPM
 
     if serve:
         parser = _Parser(
@@ -251,7 +252,8 @@ def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
             epilog=GENERATE_EPILOG,
             description="Endless, evolving AI music from text: Riffusion on OpenVINO, played live or rendered to "
                         "file. Each clip is 5.12 s; 'a to b to c' morphs from prompt to prompt.")
-    parser.add_argument("prompt", nargs="*", help='what to play, e.g. "lofi hip hop to smooth jazz" ("to" chains prompts)')
+    parser.add_argument("prompt", nargs="*", help='what to play, e.g. "lofi hip hop to smooth jazz" ("to" chains prompts; '
+                                                  '"lofi:2 + jazz:1" blends them by weight)')
     if serve:
         _add_serve_options(parser.add_argument_group("serving"))
     else:
@@ -278,12 +280,20 @@ def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
     gen.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS, metavar="LUFS",
                      help="loudness every clip is brought to, true peaks under -1 dBTP; 'off' keeps the model's "
                           "level (default: %(default)s)")
+    gen.add_argument("--bpm", type=option_type(BPM), metavar="N",
+                     help="tempo lock: clips start on an N-BPM bar grid, each from a synthesised drum loop (or "
+                          "--init-audio's loop) cut to where it starts in the bar")
+    gen.add_argument("--timeline", metavar="FILE",
+                     help="a TOML plan: prompts or blends at times, with transition lengths, seeds, negative prompts, "
+                          "strengths and tempi (see examples/timeline.toml); replaces the prompt")
     gen.add_argument("--init-audio", metavar="FILE",
-                     help="start every clip from this audio loop's spectrogram (img2img), to lock tempo and sound")
+                     help="start every clip from this audio loop's spectrogram (img2img), to keep its sound; with "
+                          "--bpm, the loop (whole bars from a downbeat) replaces the drums")
     gen.add_argument("--continuation", action="store_true",
                      help="start every clip from the end of the previous one (img2img), for continuity")
-    gen.add_argument("--strength", type=option_type(checks.STRENGTH), default=DEFAULT_STRENGTH,
-                     help="how much of the init image img2img repaints, 0..1 (default: %(default)s)")
+    gen.add_argument("--strength", type=option_type(Limits(0, 1)), metavar="S",
+                     help="how much of the starting image (--init-audio, --bpm) img2img repaints, 0..1; 0 plays the "
+                          f"starting loop as it is, with no model (default: {DEFAULT_STRENGTH})")
     gen.add_argument("--width", type=option_type(checks.WIDTH), default=512, metavar="PIXELS",
                      help="clip width; 100 pixels per second (default: %(default)s = 5.12 s; multiple of 8)")
     _add_model_options(parser.add_argument_group("model"))
@@ -391,10 +401,13 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
     from riffstream.planner import parse_duration, parse_prompts
     from riffstream.sinks import check_folder_writable, check_output_device, check_writable, file_format
     from riffstream.spectrogram import SpectrogramParams
-    from riffstream.stream import StreamOptions, validate
+    from riffstream.stream import DEFAULT_STRENGTH, StreamOptions, validate
 
-    prompts = parse_prompts(" ".join(args.prompt))
+    timeline = _timeline(args)
+    prompts = list(timeline.prompts) if timeline is not None else parse_prompts(" ".join(args.prompt))
     duration = parse_duration(args.duration) if args.duration is not None else None
+    if duration is None and timeline is not None:
+        duration = timeline.end
     serving = getattr(args, "serve", False)
     play = not args.no_play
     if not play and not args.out and not serving:
@@ -408,14 +421,22 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
     for checked in filter(None, (model, fallback)):
         checked.check()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    if timeline is not None and timeline.seed is not None and args.seed is None:
+        seed = timeline.seed
     spectrograms = Path(args.save_spectrograms) if args.save_spectrograms is not None else None
+    tempo_locked = args.bpm is not None or (timeline is not None and timeline.uses_bpm)
+    loop = _loop(args.init_audio, timeline, args.bpm) if tempo_locked and args.init_audio else None
     options = StreamOptions(
         prompts=tuple(prompts), seed=seed, steps=args.steps or preset.steps,
         guidance=preset.guidance if args.guidance is None else args.guidance,
         negative_prompt=args.negative_prompt, clips_per_transition=args.clips_per_transition,
-        crossfade=args.crossfade, loudness=args.loudness, init_image=_init_image(args.init_audio, args.width),
-        strength=args.strength, continuation=args.continuation, duration=duration, save_spectrograms=spectrograms,
+        crossfade=args.crossfade, loudness=args.loudness,
+        init_image=None if tempo_locked else _init_image(args.init_audio, args.width),
+        strength=DEFAULT_STRENGTH if args.strength is None else args.strength, bpm=args.bpm, loop=loop,
+        timeline=timeline, continuation=args.continuation, duration=duration, save_spectrograms=spectrograms,
         prebuffer=args.prebuffer, params=SpectrogramParams())
+    if options.strength == 0 and options.init_image is None and not tempo_locked:
+        raise RiffstreamError("--strength 0 plays the starting loop as it is: give --bpm or --init-audio")
     validate(options, args.width)
     if args.out is not None:
         file_format(args.out)
@@ -441,6 +462,47 @@ def _generate(args: argparse.Namespace) -> None:
         print("riffstream: note: the tiny model has random weights: its output is noise, not music",
               file=sys.stderr)
     _stream(args, model, plan.stream, plan.output_device)
+
+
+def _timeline(args: argparse.Namespace):
+    """``--timeline``'s plan, with the command line's --bpm, --seed, --strength and --negative-prompt as its
+    defaults (an entry's own values still win); None without one."""
+    if args.timeline is None:
+        return None
+    from riffstream.timeline import read_timeline
+
+    if args.prompt:
+        raise RiffstreamError("give the prompts in the timeline or on the command line, not both")
+    timeline = read_timeline(args.timeline)
+    overrides = {"bpm": args.bpm, "seed": args.seed, "strength": args.strength, "negative_prompt": args.negative_prompt}
+    return dataclasses.replace(timeline, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def _loop(path: str, timeline, bpm: float | None):
+    """The user's loop for a tempo lock: mono at the spectrogram rate, checked to fit whole bars at every tempo."""
+    import math
+
+    import scipy.signal
+
+    from riffstream.sinks import read_audio
+    from riffstream.spectrogram import SpectrogramParams
+    from riffstream.tempo import loop_audio
+
+    samples, sample_rate = read_audio(path)
+    if not np.any(samples):
+        raise RiffstreamError(f"{path} is silent: it cannot seed the clips")
+    mono = np.atleast_2d(samples).astype(np.float64).mean(axis=0)
+    rate = SpectrogramParams().sample_rate
+    if sample_rate != rate:
+        common = math.gcd(int(sample_rate), rate)
+        mono = scipy.signal.resample_poly(mono, rate // common, int(sample_rate) // common)
+    tempi = {bpm} if timeline is None else {timeline.bpm, *(entry.bpm for entry in timeline.entries)}
+    for tempo in sorted(t for t in tempi if t is not None):
+        try:
+            loop_audio(tempo, mono, rate)
+        except RiffstreamError as error:
+            raise RiffstreamError(f"{path}: {error}") from None
+    return mono.astype(np.float32)
 
 
 def _init_image(path: str | None, width: int):
@@ -571,7 +633,10 @@ def _stream(args: argparse.Namespace, model, options, device_name: str | None) -
         what = f"{_format_seconds(options.duration)} in {total} clips" if total else "endless (Ctrl-C stops)"
         where = ", ".join(filter(None, [f"playing on {device_name}" if device_name else None,
                                         f"writing {args.out}" if args.out else None]))
-        print(f"riffstream: {' -> '.join(options.prompts)}; seed {options.seed}; {what}; {where}", file=sys.stderr)
+        plan = (f"timeline {args.timeline} ({len(options.timeline.entries)} entries)" if options.timeline
+                else " -> ".join(options.prompts))
+        tempo = f"; {options.bpm:g} BPM" if options.bpm else ""
+        print(f"riffstream: {plan}; seed {options.seed}{tempo}; {what}; {where}", file=sys.stderr)
         typing = [""]
         keys = contextlib.nullcontext(False)
         if total is None:
@@ -634,7 +699,7 @@ def _serve(args: argparse.Namespace) -> None:
     from riffstream.sinks.broadcast import Broadcast
     from riffstream.stream import RealTimeClock, Stream
 
-    if not args.prompt:
+    if not args.prompt and args.timeline is None:
         args.prompt = [DEFAULT_SERVE_PROMPT]
     plan = plan_generation(args)
     options = server.ServeOptions(host=args.host, port=args.port, token=server.needs_token(args.host, args.token),

@@ -9,13 +9,16 @@ prompts' embeddings and its starting noise the slerp of the two seeds' noise.
 
 Endless play steps ``u`` by ``1 / clips_per_transition`` (the web app used 4 clips:
 alpha 0.25, 0.5, 0.75, 1.0); a finite ``--duration`` spreads the whole journey over the
-clips it needs. Everything here is a pure function or plain data, no threads.
+clips it needs. A prompt may be a weighted blend, ``"lofi hip hop:2 + smooth jazz:1"``:
+one waypoint whose embedding is the weighted mean of its parts' (:func:`blend_embedding`).
+Everything here is a pure function or plain data, no threads.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,19 +32,57 @@ SLERP_DOT_THRESHOLD = 0.9995
 DEFAULT_CLIPS_PER_TRANSITION = 4
 
 _SEPARATOR = re.compile(r"(?<!\S)to(?!\S)", re.IGNORECASE)
+_WEIGHT = re.compile(r"^(?P<text>.*?)\s*:\s*(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$", re.DOTALL)
+#: Largest weight a blend's part may have (weights are relative: only their ratios matter).
+MAX_WEIGHT = 1000.0
 
 
 def parse_prompts(text: str) -> list[str]:
-    """Split ``"lofi to jazz to techno"`` into its prompts; every part must be non-empty."""
+    """Split ``"lofi to jazz to techno"`` into its prompts; every part must be non-empty (and a valid blend)."""
     parts = [part.strip() for part in _SEPARATOR.split(f" {text} ")]
     if not text.strip() or not all(parts):
         raise RiffstreamError(f"empty prompt in {text!r}: give text such as \"lofi hip hop to smooth jazz\"")
+    for part in parts:
+        parse_blend(part)
     return parts
+
+
+def parse_blend(text: str) -> tuple[tuple[str, float], ...]:
+    """The parts of a prompt and their normalised weights: ``"lofi:2 + jazz"`` -> (("lofi", 2/3), ("jazz", 1/3)).
+
+    Parts are joined by ``+``; a part's weight is an optional ``:NUMBER`` at its end (1 if
+    none). A plain prompt is one part of weight 1. Parts with the same text add up.
+    """
+    weights: dict[str, float] = {}
+    for raw in text.split("+"):
+        match = _WEIGHT.match(raw.strip())
+        part, weight = (match["text"].strip(), float(match["weight"])) if match else (raw.strip(), 1.0)
+        if not part:
+            raise RiffstreamError(f"empty part in the blend {text!r}: write it as \"lofi hip hop:2 + smooth jazz:1\"")
+        if not 0 < weight <= MAX_WEIGHT:
+            raise RiffstreamError(f"the weight of {part!r} in {text!r} must be more than 0 and at most {MAX_WEIGHT:g}, "
+                                  f"not {weight:g}")
+        weights[part] = weights.get(part, 0.0) + weight
+    total = sum(weights.values())
+    return tuple((part, weight / total) for part, weight in weights.items())
+
+
+def blend_embedding(encode: Callable[[str], np.ndarray], text: str) -> np.ndarray:
+    """The embedding of a prompt or blend: the weighted mean of its parts' embeddings, float32."""
+    parts = parse_blend(text)
+    if len(parts) == 1:
+        return encode(parts[0][0])
+    mixed = sum(weight * np.asarray(encode(part), np.float64) for part, weight in parts)
+    return np.asarray(mixed, np.float32)
 
 
 @dataclass(frozen=True)
 class Clip:
-    """One clip of the path: ``alpha`` of the way from (prompt_a, seed_a) to (prompt_b, seed_b)."""
+    """One clip of the path: ``alpha`` of the way from (prompt_a, seed_a) to (prompt_b, seed_b).
+
+    A timeline may also give each end its own negative prompt (None: the stream's) and the
+    clip its own img2img strength (None: the stream's).
+    """
 
     index: int
     prompt_a: str
@@ -49,6 +90,9 @@ class Clip:
     alpha: float
     seed_a: int
     seed_b: int
+    negative_a: str | None = None
+    negative_b: str | None = None
+    strength: float | None = None
 
 
 def lerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
@@ -134,8 +178,11 @@ class Journey:
         self._anchor = (next_index, self.position(next_index))
         self.clips_per_transition = clips
 
-    def clip(self, index: int) -> Clip:
-        """Plan clip ``index`` (clips are planned in order; ``queue`` only affects later ones)."""
+    def clip(self, index: int, time: float | None = None) -> Clip:
+        """Plan clip ``index`` (clips are planned in order; ``queue`` only affects later ones).
+
+        ``time``, where the clip's centre falls, is for timelines; a journey goes by clips.
+        """
         u = self.position(index)
         self._last_position = u
         j = math.floor(u + 1e-9)
@@ -157,6 +204,7 @@ class Journey:
         prompt = prompt.strip()
         if not prompt:
             raise RiffstreamError("empty prompt")
+        parse_blend(prompt)
         if self.total_clips is not None:
             raise RiffstreamError("the journey of a finite --duration is fixed: new prompts go to endless streams")
         reached = self._reached(next_index)

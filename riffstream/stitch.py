@@ -135,26 +135,34 @@ class ClipStitcher:
         self._gain = 1.0
         self.clips = 0
 
-    def add(self, image: Image.Image) -> np.ndarray:
-        """Reconstruct one clip and return the audio (channels, samples) it completes."""
+    def add(self, image: Image.Image, overlap_after: int | None = None) -> np.ndarray:
+        """Reconstruct one clip and return the audio (channels, samples) it completes.
+
+        ``overlap_after`` is how many columns this clip shares with the next one (default:
+        the crossfade's); a tempo-locked stream varies it by a column from seam to seam.
+        """
         params = params_for_image(image, self.params)
         if dataclasses.replace(params, max_value=self.params.max_value) != self.params:
             raise RiffstreamError("all clips of a stream must share the same spectrogram parameters")
         mel = mel_from_image(image, params)
-        if mel.shape[-1] <= 2 * self.overlap_frames:
+        after = self.overlap_frames if overlap_after is None else int(overlap_after)
+        before = self._lead_in.shape[1] if self._lead_in is not None else (
+            self._tail.shape[-1] // self.params.hop_length if self._tail is not None else 0)
+        if mel.shape[-1] <= max(before + after, 2 * after):
             raise RiffstreamError(
-                f"a clip of {mel.shape[-1]} columns is too short for a {self.overlap_frames}-column crossfade"
+                f"a clip of {mel.shape[-1]} columns is too short for {before}- and {after}-column crossfades"
             )
-        lead_in = self._lead_in if self.continuity and self.overlap_frames else None
+        lead_in = self._lead_in if self.continuity and before else None
         clip = reconstruct(mel, params, self.iterations, lead_in)
-        self._lead_in = clip.spectrum[:, clip.spectrum.shape[1] - self.overlap_frames :].copy()
+        self._lead_in = clip.spectrum[:, clip.spectrum.shape[1] - after :].copy() if after else None
         audio = self._level(clip.audio)
-        body_end = audio.shape[-1] - self.overlap
+        body_end = audio.shape[-1] - after * self.params.hop_length
         if self._tail is None:
             ready = audio[:, :body_end]
         else:
-            mixed = crossfade(self._tail, audio[:, : self.overlap], self._guard)
-            ready = np.concatenate([mixed, audio[:, self.overlap : body_end]], axis=1)
+            overlap = self._tail.shape[-1]
+            mixed = crossfade(self._tail, audio[:, :overlap], self._guard)
+            ready = np.concatenate([mixed, audio[:, overlap:body_end]], axis=1)
         self._tail = audio[:, body_end:]
         self.clips += 1
         return ready

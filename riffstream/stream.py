@@ -51,9 +51,11 @@ import numpy as np
 from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
-from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, clips_for_duration, lerp, slerp
+from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, blend_embedding, lerp, slerp
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher, overlap_frames
+from riffstream.tempo import ClipLayout, LoopImages, Slot, check_bpm, clips_to_cover
+from riffstream.timeline import Timeline, TimelineJourney
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -327,8 +329,14 @@ class StreamOptions:
     loudness: float | None = DEFAULT_LOUDNESS
     #: A spectrogram every clip starts from (img2img), e.g. of an audio loop, to lock the tempo.
     init_image: Image.Image | None = None
-    #: How much of each clip img2img repaints: 1.0 ignores the init image.
+    #: How much of each clip img2img repaints: 1.0 ignores the init image; 0 keeps it as it is (no model).
     strength: float = DEFAULT_STRENGTH
+    #: Tempo lock: clips start on this tempo's beat grid, each from a drum loop (or ``loop``) cut to where it starts.
+    bpm: float | None = None
+    #: The user's loop (mono, at the params' sample rate) that tempo-locked clips start from, instead of drums.
+    loop: np.ndarray | None = None
+    #: A plan in time: prompts, transitions and per-entry options; it replaces ``prompts`` for planning.
+    timeline: Timeline | None = None
     #: Start each clip from the end of the previous one (img2img), keeping the shared overlap.
     continuation: bool = False
     duration: float | None = None
@@ -381,7 +389,19 @@ def validate(options: StreamOptions, clip_width: int) -> None:
         if getattr(options, name) is not None:
             check_number(getattr(options, name), name, limits)
     check_number(options.clips_per_transition, "clips per transition", checks.CLIPS_PER_TRANSITION)
-    check_number(options.strength, "strength", checks.STRENGTH)
+    tempo_locked = options.bpm is not None or (options.timeline is not None and options.timeline.uses_bpm)
+    if options.strength == 0 and (options.init_image is not None or tempo_locked):
+        pass  # the starting image as it is: no model
+    else:
+        check_number(options.strength, "strength", checks.STRENGTH)
+    if options.bpm is not None:
+        check_bpm(options.bpm)
+    if options.loop is not None and not tempo_locked:
+        raise RiffstreamError("a loop to start from needs a tempo: give --bpm (or bpm in the timeline)")
+    if tempo_locked and options.continuation:
+        raise RiffstreamError("--continuation and a tempo both choose where each clip starts from: use one")
+    if tempo_locked and options.init_image is not None:
+        raise RiffstreamError("under a tempo lock every clip starts from the loop: give it as the loop, not an init image")
     if not 0 <= crossfade_seconds(options, clip_width) <= clip_s / 2 - EDGE_FADE:
         raise RiffstreamError(f"crossfade must be between 0 and {clip_s / 2 - EDGE_FADE:.2f} s for {clip_s:.2f}-s clips")
 
@@ -423,9 +443,16 @@ class Stream:
         self.total_clips = self.total_frames = None
         if options.duration is not None:
             self.total_frames = round(options.duration * rate)
-            clip_frames = self.clip_width * self.params.hop_length
-            self.total_clips = clips_for_duration(self.total_frames, clip_frames, self.crossfade_frames)
-        self.journey = Journey(list(options.prompts), options.seed, options.clips_per_transition, self.total_clips)
+            self.total_clips = clips_to_cover(self.params, self.clip_width, self.overlap_columns, self.total_frames,
+                                              self._tempo_at)
+        self.layout = ClipLayout(self.params, self.clip_width, self.overlap_columns, self._tempo_at)
+        self.loops = LoopImages(self.params, self.clip_width, options.loop)
+        if options.timeline is not None:
+            advance = self.layout.seconds(self.clip_width - self.overlap_columns)
+            self.journey: Journey | TimelineJourney = TimelineJourney(
+                options.timeline, advance, options.seed, options.clips_per_transition, self.total_clips)
+        else:
+            self.journey = Journey(list(options.prompts), options.seed, options.clips_per_transition, self.total_clips)
         self.stats = StreamStats()
         self.stop_event = threading.Event()
         self.prompt_queue: queue.Queue[str] = queue.Queue()
@@ -453,6 +480,15 @@ class Stream:
             threading.Thread(target=self._guard, args=(self._decode,), name="riffstream-decoder", daemon=True),
             threading.Thread(target=self._guard, args=(self._consume,), name="riffstream-consumer", daemon=True),
         ]
+
+    def _tempo_at(self, seconds: float) -> float | None:
+        """The tempo clips centred at ``seconds`` lock to (None: none)."""
+        timeline = self.options.timeline
+        if timeline is None:
+            return self.options.bpm
+        if getattr(self, "journey", None) is not None and self.journey.left_timeline:
+            seconds = min(seconds, self.journey.left_at)
+        return timeline.bpm_at(seconds)
 
     # ------------------------------------------------------------------ producer
 
@@ -502,16 +538,17 @@ class Stream:
         return {"seed": self.journey.seed, "clips_per_transition": self.journey.clips_per_transition,
                 "negative_prompt": self.negative_prompt, "steps": self.steps, **self._requested}
 
-    def _apply_changes(self, index: int) -> bool:
-        """Apply queued prompts and changes before planning clip ``index``; True if the negative prompt changed."""
+    def _apply_changes(self, index: int) -> None:
+        """Apply queued prompts and changes before planning clip ``index``."""
         while not self.prompt_queue.empty():
             prompt = self.prompt_queue.get()
+            leaving = isinstance(self.journey, TimelineJourney) and not self.journey.left_timeline
             try:
                 self.journey.queue(prompt, index)
-                self.messages.put(f"queued a transition to {prompt!r}")
+                self.messages.put(f"queued a transition to {prompt!r}"
+                                  + ("; the rest of the timeline is dropped" if leaving else ""))
             except RiffstreamError as error:
                 self.messages.put(f"ignored {prompt!r}: {error}")
-        negative_changed = False
         while not self._changes.empty():
             change = self._changes.get()
             if "seed" in change:
@@ -520,56 +557,82 @@ class Stream:
                 self.journey.set_clips_per_transition(change["clips_per_transition"], index)
             if "steps" in change:
                 self.steps = change["steps"]
-            if "negative_prompt" in change and change["negative_prompt"] != self.negative_prompt:
+            if "negative_prompt" in change:
                 self.negative_prompt = change["negative_prompt"]
-                negative_changed = True
-        return negative_changed
 
     def _produce(self) -> None:
         model = self.model
-        negative = model.encode_prompt(self.negative_prompt) if self.negative_prompt else None
         fixed_init = model.encode_image(self.options.init_image) if self.options.init_image is not None else None
+        loop_latents: dict[tuple[float, int], np.ndarray] = {}
         index = 0
         previous = None
         while not self.stop_event.is_set() and (self.total_clips is None or index < self.total_clips):
-            if self._apply_changes(index):
-                negative = model.encode_prompt(self.negative_prompt) if self.negative_prompt else None
-            clip = self.journey.clip(index)
+            self._apply_changes(index)
+            slot = self.layout.slot(index)
+            clip = self.journey.clip(index, self.layout.centre(slot))
             self.next_clip = index + 1
-            embeds = lerp(model.encode_prompt(clip.prompt_a), model.encode_prompt(clip.prompt_b), clip.alpha)
+            embeds = lerp(self._embedding(clip.prompt_a), self._embedding(clip.prompt_b), clip.alpha)
+            negative = self._negative(clip)
             noise = slerp(self._noise(clip.seed_a), self._noise(clip.seed_b), clip.alpha)
-            init_latents = fixed_init
+            strength = self.options.strength if clip.strength is None else clip.strength
+            init_image, init_latents = None, fixed_init
+            if slot.bpm is not None:
+                key = self.loops.key(slot)
+                init_image = self.loops.image(slot)
+                if strength > 0 and key not in loop_latents:
+                    if len(loop_latents) >= 64:
+                        loop_latents.clear()
+                    loop_latents[key] = model.encode_image(init_image)
+                init_latents = loop_latents.get(key)
+            elif self.options.init_image is not None:
+                init_image = self.options.init_image
             if self.options.continuation and previous is not None:
                 init_latents = continuation_seed(previous, self.overlap_columns, model.vae_scale_factor)
+            if strength == 0 and init_image is not None:  # the starting image as it is: no model
+                if not self._put(self._latents, (clip, slot, init_image, 0.0)):
+                    return
+                index += 1
+                continue
             began = time.monotonic()
             marks = [began]
             latents = model.denoise(
                 embeds, negative, noise, steps=self.steps, guidance=self.guidance,
-                init_latents=init_latents, strength=self.options.strength,
+                init_latents=init_latents, strength=strength,
                 on_step=lambda i, n: (marks.append(time.monotonic()), self._check_stop(i, n)),
             )
             self.stats.denoise_seconds += marks[-1] - began
             first = self.stats.denoise_span[0] if self.stats.denoise_span else began
             self.stats.denoise_span = (first, marks[-1])
-            if not self._put(self._latents, (clip, latents, marks[-1] - began)):
+            if not self._put(self._latents, (clip, slot, latents, marks[-1] - began)):
                 return
             previous = latents
             index += 1
         self._put(self._latents, None)
+
+    def _embedding(self, prompt: str) -> np.ndarray:
+        """A prompt's (or blend's) text embedding."""
+        return blend_embedding(self.model.encode_prompt, prompt)
+
+    def _negative(self, clip: Clip) -> np.ndarray | None:
+        """The clip's negative embedding: its ends' (a timeline's) lerped, else the stream's; None for none."""
+        if clip.negative_a is None and clip.negative_b is None:
+            return self._embedding(self.negative_prompt) if self.negative_prompt else None
+        ends = [self._embedding(text or self.negative_prompt or "") for text in (clip.negative_a, clip.negative_b)]
+        return lerp(ends[0], ends[1], clip.alpha)
 
     # ------------------------------------------------------------------ decoder
 
     def _decode(self) -> None:
         previous = None
         while (item := self._get(self._latents)) is not None:
-            clip, latents, denoise_seconds = item
+            clip, slot, latents, denoise_seconds = item
             began = time.monotonic()
-            image = self.model.decode(latents)
+            image = latents if not isinstance(latents, np.ndarray) else self.model.decode(latents)
             decode_seconds = time.monotonic() - began
             self.stats.decode_seconds += decode_seconds
             if self.options.continuation and previous is not None:
                 image = keep_overlap(previous, image, self.overlap_columns)
-            if not self._put(self._images, (clip, image, denoise_seconds + decode_seconds)):
+            if not self._put(self._images, (clip, slot, image, denoise_seconds + decode_seconds)):
                 return
             previous = image
         self._put(self._images, None)
@@ -608,6 +671,7 @@ class Stream:
         to_file = StreamEnds(channels, self.edge_frames, self.total_frames)
         live = StreamEnds(channels, self.edge_frames, self.total_frames) if self.ring else None
         last_image = last_clip = None
+        last_overlap = self.overlap_columns
         told_looping = False
         try:
             while not self.stop_event.is_set():
@@ -627,7 +691,7 @@ class Stream:
                         self.stats.loops += 1
                         if live_clips is None:
                             live_clips = copy.deepcopy(clips) if self.sinks else clips
-                        repeat = live_clips.add(last_image)
+                        repeat = live_clips.add(last_image, last_overlap)
                         if live.total is not None:
                             live.total += repeat.shape[1]
                         self._announce(last_clip, last_image, repeat.shape[1], loop=True)
@@ -635,17 +699,18 @@ class Stream:
                     continue
                 if item is None:
                     break
-                clip, image, model_seconds = item
+                clip, slot, image, model_seconds = item
                 if self.options.save_spectrograms is not None:
-                    self._save_spectrogram(clip, image)
-                audio = clips.add(image)
+                    self._save_spectrogram(clip, slot, image)
+                overlap = self.clip_width - slot.advance
+                audio = clips.add(image, overlap)
                 self._write(to_file.push(audio))
                 if live_clips is not None and live_clips is not clips:
-                    audio = live_clips.add(image)
+                    audio = live_clips.add(image, overlap)
                 self._announce(clip, image, audio.shape[1], model_seconds=model_seconds)
                 if live is not None and not self._feed_ring(live.push(audio)):
                     break
-                last_image, last_clip = image, clip
+                last_image, last_clip, last_overlap = image, clip, overlap
                 self.stats.clips += 1
                 self.stats.audio_seconds = to_file.emitted / rate
                 if self.stats.first_audio is None:
@@ -681,12 +746,15 @@ class Stream:
     def _feed_ring(self, audio: np.ndarray) -> bool:
         return self.ring.write(np.ascontiguousarray(audio.T), self.stop_event)
 
-    def _save_spectrogram(self, clip: Clip, image) -> None:
+    def _save_spectrogram(self, clip: Clip, slot: Slot, image) -> None:
         folder = self.options.save_spectrograms
         name = f"clip-{clip.index:05d}.png"
         image.save(folder / name, format="PNG", exif=_exif(self.params))
         record = {"file": name, "prompt_a": clip.prompt_a, "prompt_b": clip.prompt_b, "alpha": clip.alpha,
-                  "seed_a": clip.seed_a, "seed_b": clip.seed_b}
+                  "seed_a": clip.seed_a, "seed_b": clip.seed_b, "start": round(self.layout.seconds(slot.start), 2),
+                  "bpm": slot.bpm}
+        if clip.strength is not None:
+            record["strength"] = clip.strength
         with open(folder / "clips.jsonl", "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
 
