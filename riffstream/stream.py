@@ -51,10 +51,10 @@ import numpy as np
 from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
-from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, blend_embedding, lerp, slerp
+from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, blend_embedding, lerp, parse_blend, slerp
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher, overlap_frames
-from riffstream.tempo import ClipLayout, LoopImages, Slot, check_bpm, clips_to_cover
+from riffstream.tempo import ClipLayout, LoopImages, Slot, beat_grid, check_bpm, clips_to_cover
 from riffstream.timeline import Timeline, TimelineJourney
 
 if TYPE_CHECKING:
@@ -404,6 +404,10 @@ def validate(options: StreamOptions, clip_width: int) -> None:
         raise RiffstreamError("under a tempo lock every clip starts from the loop: give it as the loop, not an init image")
     if not 0 <= crossfade_seconds(options, clip_width) <= clip_s / 2 - EDGE_FADE:
         raise RiffstreamError(f"crossfade must be between 0 and {clip_s / 2 - EDGE_FADE:.2f} s for {clip_s:.2f}-s clips")
+    tempi = {options.bpm} | ({options.timeline.bpm, *(e.bpm for e in options.timeline.entries)}
+                             if options.timeline is not None else set())
+    for bpm in sorted(t for t in tempi if t is not None):
+        beat_grid(bpm, params, clip_width, overlap_frames(params, crossfade_seconds(options, clip_width)))
 
 
 class Stream:
@@ -450,7 +454,8 @@ class Stream:
         if options.timeline is not None:
             advance = self.layout.seconds(self.clip_width - self.overlap_columns)
             self.journey: Journey | TimelineJourney = TimelineJourney(
-                options.timeline, advance, options.seed, options.clips_per_transition, self.total_clips)
+                options.timeline, advance, options.seed, options.clips_per_transition, self.total_clips,
+                options.strength)
         else:
             self.journey = Journey(list(options.prompts), options.seed, options.clips_per_transition, self.total_clips)
         self.stats = StreamStats()
@@ -506,8 +511,12 @@ class Stream:
             raise _Stopped
 
     def queue_prompt(self, text: str) -> None:
-        """Queue a transition to ``text`` (thread-safe; ignored when empty)."""
+        """Queue a transition to ``text``, a prompt or blend (thread-safe; ignored when empty).
+
+        A blend that cannot be read is a one-line RiffstreamError, raised here in the caller's thread.
+        """
         if text.strip():
+            parse_blend(text.strip())
             self.prompt_queue.put(text.strip())
 
     def change(self, seed: int | None = None, clips_per_transition: int | None = None,
@@ -884,8 +893,11 @@ def read_prompts(stream: Stream, fd: int = 0, on_typing: Callable[[str], None] |
             for line in lines:
                 text = typed_text(line).strip()
                 if text:
-                    stream.queue_prompt(text)
-                    stream.messages.put(f"next: {text!r}")
+                    try:
+                        stream.queue_prompt(text)
+                        stream.messages.put(f"next: {text!r}")
+                    except RiffstreamError as error:
+                        stream.messages.put(f"ignored {text!r}: {error}")
             if on_typing is not None:
                 on_typing(typed_text(pending))
 

@@ -166,7 +166,7 @@ def drum_loop(bpm: float, start: float, length: int, sample_rate: int) -> np.nda
     last = math.ceil((start + length) / beat_samples)
     for beat in range(first, last + 1):
         for voice, fraction in _pattern(beat):
-            onset = round((beat + fraction) * beat_samples - start)
+            onset = math.floor((beat + fraction) * beat_samples + 0.5) - math.floor(start + 0.5)
             sound = voices[voice] * (0.6 if fraction else 1.0)
             begin, end = max(onset, 0), min(onset + len(sound), length)
             if begin < end:

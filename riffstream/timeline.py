@@ -329,7 +329,7 @@ class TimelineJourney:
     """
 
     def __init__(self, timeline: Timeline, clip_advance: float, seed: int = 0,
-                 clips_per_transition: int = 4, total_clips: int | None = None) -> None:
+                 clips_per_transition: int = 4, total_clips: int | None = None, strength: float = 0.75) -> None:
         if clips_per_transition < 1:
             raise RiffstreamError(f"clips per transition must be 1 or more, not {clips_per_transition}")
         self.timeline = timeline
@@ -337,6 +337,7 @@ class TimelineJourney:
         self.seed = timeline.seed if timeline.seed is not None else int(seed)
         self.clips_per_transition = clips_per_transition
         self.total_clips = total_clips
+        self.strength = strength
         #: Whether a queued prompt has replaced the rest of the timeline, and from what time (seconds).
         self.left_timeline = False
         self.left_at = math.inf
@@ -360,7 +361,7 @@ class TimelineJourney:
     def _lay_out(self) -> Iterator[Waypoint]:
         timeline, entries = self.timeline, self.timeline.entries
         first = entries[0]
-        strength = first.strength if first.strength is not None else timeline.strength
+        strength = next(s for s in (first.strength, timeline.strength, self.strength) if s is not None)
         current = Waypoint(0.0, first.prompt, first.seed if first.seed is not None else self.seed,
                            first.negative_prompt or timeline.negative_prompt or None, strength)
         yield current
@@ -404,11 +405,7 @@ class TimelineJourney:
             time = index * self.clip_advance
         self._last_time = time
         a, b, alpha = self._segment(time)
-        strength = None
-        if a.strength is not None or b.strength is not None:
-            strength_a = a.strength if a.strength is not None else b.strength
-            strength_b = b.strength if b.strength is not None else a.strength
-            strength = (1 - alpha) * strength_a + alpha * strength_b
+        strength = (1 - alpha) * a.strength + alpha * b.strength if a.strength != b.strength else a.strength
         return Clip(index, a.prompt, b.prompt, float(alpha), a.seed, b.seed,
                     negative_a=a.negative_prompt, negative_b=b.negative_prompt, strength=strength)
 

@@ -58,3 +58,22 @@ def fit_beats(audio: np.ndarray, sample_rate: int, nominal_bpm: float) -> BeatFi
     beats = np.round((times - times[0]) / period).astype(int)
     slope, intercept = np.polyfit(beats, times, 1)
     return BeatFit(60.0 / slope, float(intercept), times, beats, times - (intercept + slope * beats))
+
+
+def attacks(audio: np.ndarray, sample_rate: int, min_gap: float) -> np.ndarray:
+    """Times (seconds) of the hits of a clean signal (the loop as synthesised, not a reconstruction):
+    for each peak of the band below 300 Hz (kick and snare), at least ``min_gap`` apart, the first
+    frame before it whose energy reaches a tenth of the peak's."""
+    mono = np.atleast_2d(np.asarray(audio, np.float64)).mean(axis=0)
+    low = scipy.signal.sosfiltfilt(scipy.signal.butter(4, 300, fs=sample_rate, output="sos"), mono)
+    frames = len(low) // FRAME
+    energy = (low[: frames * FRAME].reshape(frames, FRAME) ** 2).mean(axis=1)
+    peaks, _ = scipy.signal.find_peaks(energy, distance=max(1, int(min_gap * sample_rate / FRAME)),
+                                       prominence=0.01 * energy.max())
+    found = []
+    for peak in peaks:
+        frame = peak
+        while frame > 0 and energy[frame - 1] >= 0.1 * energy[peak]:
+            frame -= 1
+        found.append(frame)
+    return np.array(found) * FRAME / sample_rate

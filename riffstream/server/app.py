@@ -613,7 +613,10 @@ def create_app(station: Station) -> FastAPI:
               summary="Queue a transition to a prompt", responses=CONTROL_RESPONSES)
     async def prompt(body: PromptIn) -> Queued:
         text = _text(body.prompt, "prompt")
-        station.stream.queue_prompt(text)
+        try:
+            station.stream.queue_prompt(text)
+        except RiffstreamError as error:
+            raise HTTPException(422, str(error)) from None
         return Queued(queued=text)
 
     @app.post("/api/settings", response_model=SettingsOut, dependencies=[Depends(control)],
