@@ -551,7 +551,8 @@ class Stream:
         """Apply queued prompts and changes before planning clip ``index``."""
         while not self.prompt_queue.empty():
             prompt = self.prompt_queue.get()
-            leaving = isinstance(self.journey, TimelineJourney) and not self.journey.left_timeline
+            leaving = (isinstance(self.journey, TimelineJourney) and not self.journey.left_timeline
+                       and bool(self.journey.upcoming(index)))
             try:
                 self.journey.queue(prompt, index)
                 self.messages.put(f"queued a transition to {prompt!r}"

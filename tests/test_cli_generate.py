@@ -62,7 +62,7 @@ def test_a_typed_prompt_queues_a_transition_and_ctrl_c_keeps_a_valid_file(tiny_e
         env=_env(), stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         wait_for(lambda: len(clip_records(spec)) >= 1, 180, process)
-        process.stdin.write(b"smooth jazz\n")
+        process.stdin.write(b"jazz:0 + lofi\nsmooth jazz\n")
         process.stdin.flush()
         wait_for(lambda: any(r["prompt_a"] == "smooth jazz" for r in clip_records(spec)), 60, process)
         process.send_signal(signal.SIGINT)
@@ -75,6 +75,7 @@ def test_a_typed_prompt_queues_a_transition_and_ctrl_c_keeps_a_valid_file(tiny_e
     assert process.returncode == 130, stderr
     assert stopped_in < 2.0 and "Traceback" not in stderr
     assert "queued a transition to 'smooth jazz'" in stderr
+    assert "ignored 'jazz:0 + lofi': the weight of 'jazz'" in stderr  # a bad blend typed live is only skipped
     records = clip_records(spec)
     to_jazz = [r["alpha"] for r in records if r["prompt_b"] == "smooth jazz" and r["prompt_a"] == "lofi"]
     assert to_jazz == [0.5, 1.0]

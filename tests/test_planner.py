@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from riffstream.errors import RiffstreamError
-from riffstream.planner import Journey, clips_for_duration, lerp, parse_duration, parse_prompts, slerp
+from riffstream.planner import (Journey, blend_embedding, clips_for_duration, lerp, parse_blend, parse_duration,
+                                parse_prompts, slerp)
 
 
 def _path(journey: Journey, n: int):
@@ -120,3 +121,40 @@ def test_durations_read_as_seconds(text, seconds):
 def test_bad_durations_are_rejected(text):
     with pytest.raises(RiffstreamError):
         parse_duration(text)
+
+
+def test_a_blend_is_split_into_parts_with_normalised_weights():
+    assert parse_blend("lofi hip hop:2 + smooth jazz:1") == (("lofi hip hop", 2 / 3), ("smooth jazz", 1 / 3))
+    assert parse_blend("lofi + jazz") == (("lofi", 0.5), ("jazz", 0.5))
+    assert parse_blend("jazz 3:4 time") == (("jazz 3:4 time", 1.0),)  # only a trailing :NUMBER is a weight
+    assert parse_blend("lofi:0.5") == (("lofi", 1.0),)
+    assert parse_blend("a:1 + b:1 + a:2") == (("a", 0.75), ("b", 0.25))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lofi:0 + jazz", "more than 0"), ("lofi:-1 + jazz", "more than 0"), ("lofi + ", "empty part"),
+    (":2", "empty part"), ("lofi:5000 + jazz", "at most 1000"),
+])
+def test_unusable_blends_are_refused_in_one_line(text, message):
+    with pytest.raises(RiffstreamError, match=message):
+        parse_blend(text)
+    with pytest.raises(RiffstreamError):
+        parse_prompts(f"techno to {text}")
+
+
+def test_a_blend_is_one_waypoint_of_a_journey():
+    assert parse_prompts("lofi:2 + jazz:1 to techno") == ["lofi:2 + jazz:1", "techno"]
+    journey = Journey(["lofi:2 + jazz:1", "techno"], seed=0, clips_per_transition=2)
+    assert [(c.prompt_a, c.prompt_b, c.alpha) for c in _path(journey, 3)] == [
+        ("lofi:2 + jazz:1", "lofi:2 + jazz:1", 0.0), ("lofi:2 + jazz:1", "techno", 0.5),
+        ("lofi:2 + jazz:1", "techno", 1.0)]
+
+
+def test_a_blend_embedding_is_the_weighted_mean_of_its_parts(tiny_model):
+    encode = tiny_model.encode_prompt
+    blended = blend_embedding(encode, "lofi hip hop:3 + smooth jazz:1")
+    expected = 0.75 * encode("lofi hip hop").astype(np.float64) + 0.25 * encode("smooth jazz")
+    assert blended.dtype == np.float32
+    assert np.allclose(blended, expected, atol=1e-6)
+    assert not np.allclose(blended, encode("lofi hip hop"), atol=1e-3)
+    assert np.array_equal(blend_embedding(encode, "lofi hip hop"), encode("lofi hip hop"))  # plain prompts as before

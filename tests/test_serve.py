@@ -116,6 +116,14 @@ def test_a_posted_prompt_reaches_the_clips_planned_after_it(station):
     assert carrying[0]["png"] == f"/api/clips/{carrying[0]['index']}.png"
 
 
+def test_a_posted_blend_reaches_the_clips_as_one_waypoint(station):
+    code, body = station.request("POST", "/api/prompt", {"prompt": "smooth jazz:2 + techno:1"})
+    assert (code, body) == (202, {"queued": "smooth jazz:2 + techno:1"})
+    got = events(station.port, lambda got: any(n == "clip" and d["prompt_b"] == "smooth jazz:2 + techno:1"
+                                                for n, d in got), 60)
+    assert any(n == "clip" and d["prompt_b"] == "smooth jazz:2 + techno:1" for n, d in got)
+
+
 def test_settings_apply_to_the_clips_planned_after_them(station):
     code, body = station.request("POST", "/api/settings", {"seed": 5000, "steps": 1})
     assert code == 200 and body["settings"]["seed"] == 5000 and body["settings"]["steps"] == 1
@@ -152,6 +160,8 @@ def test_clip_spectrograms_are_served_while_kept(station):
     ("POST", "/api/prompt", {"prompt": "   "}, None, 422),
     ("POST", "/api/prompt", {"prompt": "a\x00b"}, None, 422),
     ("POST", "/api/prompt", {"prompt": "jazz", "extra": 1}, None, 422),
+    ("POST", "/api/prompt", {"prompt": "jazz:0 + lofi"}, None, 422),
+    ("POST", "/api/prompt", {"prompt": "jazz + "}, None, 422),
     ("POST", "/api/prompt", b"{not json", {"Content-Type": "application/json"}, 422),
     ("POST", "/api/prompt", b"x" * 20_000, {"Content-Type": "application/json"}, 413),
     ("POST", "/api/settings", {"steps": 0}, None, 422),
