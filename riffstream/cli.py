@@ -166,6 +166,9 @@ GENERATE_EPILOG = """examples:
   riffstream "lofi hip hop to smooth jazz"                       play live until Ctrl-C
   riffstream "lofi to jazz to techno" --duration 5m --out mix.flac   render and play
   riffstream "ambient drone" --duration 1h --no-play --out long.ogg  render only
+  riffstream "lofi hip hop beat" --bpm 90                        tempo lock: on the beat across seams
+  riffstream "lofi:2 + smooth jazz:1"                            a weighted blend of two styles
+  riffstream --timeline examples/timeline.toml --no-play --out set.flac   a planned set
   riffstream "lofi beat" --model tiny --duration 20 --no-play --out test.wav
                                                    offline smoke test (noise, not music)
 

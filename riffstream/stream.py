@@ -627,7 +627,8 @@ class Stream:
         """The clip's negative embedding: its ends' (a timeline's) lerped, else the stream's; None for none."""
         if clip.negative_a is None and clip.negative_b is None:
             return self._embedding(self.negative_prompt) if self.negative_prompt else None
-        ends = [self._embedding(text or self.negative_prompt or "") for text in (clip.negative_a, clip.negative_b)]
+        ends = [self._embedding(text) if text else self.model.encode_prompt("")
+                for text in (clip.negative_a or self.negative_prompt, clip.negative_b or self.negative_prompt)]
         return lerp(ends[0], ends[1], clip.alpha)
 
     # ------------------------------------------------------------------ decoder

@@ -178,6 +178,7 @@ SHORT = """
     time = "4"
     prompt = "jazz:2 + lofi:1"
     transition = "3s"
+    negative_prompt = "noise"
     """
 
 
