@@ -171,10 +171,7 @@ class Journey:
 
     def set_clips_per_transition(self, clips: int, next_index: int) -> None:
         """Take ``clips`` clips per transition from clip ``next_index`` on, without a jump in position."""
-        if clips < 1:
-            raise RiffstreamError(f"clips per transition must be 1 or more, not {clips}")
-        if self.total_clips is not None:
-            raise RiffstreamError("the journey of a finite --duration is fixed: its pace cannot change")
+        check_pace_change(clips, self.total_clips)
         self._anchor = (next_index, self.position(next_index))
         self.clips_per_transition = clips
 
@@ -201,18 +198,32 @@ class Journey:
         planned clip ended a transition), so it never jumps mid-transition. A finite
         journey is fixed by its duration and rejects new prompts.
         """
-        prompt = prompt.strip()
-        if not prompt:
-            raise RiffstreamError("empty prompt")
-        parse_blend(prompt)
-        if self.total_clips is not None:
-            raise RiffstreamError("the journey of a finite --duration is fixed: new prompts go to endless streams")
+        prompt = check_queued(prompt, self.total_clips)
         reached = self._reached(next_index)
         # Waypoints up to `reached` are passed or in progress; later ones may be redefined.
         if reached >= len(self.prompts) - 1:
             self.prompts = [self.waypoint(j)[0] for j in range(reached + 1)] + [prompt]
         else:
             self.prompts.append(prompt)
+
+
+def check_queued(prompt: str, total_clips: int | None) -> str:
+    """``prompt``, stripped, if it can be queued on a journey of ``total_clips`` (None: endless)."""
+    prompt = prompt.strip()
+    if not prompt:
+        raise RiffstreamError("empty prompt")
+    parse_blend(prompt)
+    if total_clips is not None:
+        raise RiffstreamError("the journey of a finite --duration is fixed: new prompts go to endless streams")
+    return prompt
+
+
+def check_pace_change(clips: int, total_clips: int | None) -> None:
+    """Refuse a new number of clips per transition that is below 1, or on a finite journey."""
+    if clips < 1:
+        raise RiffstreamError(f"clips per transition must be 1 or more, not {clips}")
+    if total_clips is not None:
+        raise RiffstreamError("the journey of a finite --duration is fixed: its pace cannot change")
 
 
 def clips_for_duration(total: int, clip: int, crossfade: int) -> int:

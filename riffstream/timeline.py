@@ -35,7 +35,7 @@ from pathlib import Path
 from riffstream import checks
 from riffstream.checks import check_input_file, check_number
 from riffstream.errors import RiffstreamError
-from riffstream.planner import Clip, parse_blend
+from riffstream.planner import Clip, check_pace_change, check_queued, parse_blend
 from riffstream.tempo import check_bpm
 
 try:
@@ -155,12 +155,6 @@ def _key_lines(text: str) -> tuple[dict[str, int], list[tuple[int, dict[str, int
     return top, entries
 
 
-def _value(raw: dict, key: str, reader, what: str):
-    if key not in raw:
-        return None
-    return reader(raw[key], what)
-
-
 def _text(value, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be text in quotes")
@@ -230,57 +224,53 @@ def parse_timeline(text: str, source: str = "timeline") -> Timeline:
         raise fail(None, "no entries: add at least one [[entry]] with a time and a prompt")
     if len(raw_entries) > MAX_ENTRIES:
         raise fail(None, f"too many entries ({len(raw_entries)}; most {MAX_ENTRIES})")
-    try:
-        defaults = {key: _value(data, key, _READERS[key], key) for key in _TOP_KEYS - {"entry"}}
-    except ValueError as error:
-        bad = next(key for key in _TOP_KEYS - {"entry"} if key in data and _fails(data, key))
-        raise fail(top_lines.get(bad), str(error)) from None
+    defaults = {}
+    for key in sorted(_TOP_KEYS - {"entry"}):
+        try:
+            defaults[key] = _READERS[key](data[key], key) if key in data else None
+        except ValueError as error:
+            raise fail(top_lines.get(key), str(error)) from None
     entries: list[Entry] = []
+    where_is: list[dict[str, int]] = []  # each entry's key lines, its header's as "entry"
     for number, raw in enumerate(raw_entries, 1):
         header, lines = entry_lines[number - 1] if number <= len(entry_lines) else (None, {})
-        where = f"entry {number}"
+        where_is.append({**lines, "entry": header})
+        what = f"entry {number}"
         for key in raw:
             if key not in _ENTRY_KEYS:
                 raise fail(lines.get(key, header),
-                           f"unknown key {key!r} in {where} (known: {', '.join(sorted(_ENTRY_KEYS))})")
+                           f"unknown key {key!r} in {what} (known: {', '.join(sorted(_ENTRY_KEYS))})")
         for key in ("time", "prompt"):
             if key not in raw:
-                raise fail(header, f"{where} has no {key}")
+                raise fail(header, f"{what} has no {key}")
         values = {}
         for key in raw:
             try:
                 values[key] = _READERS[key](raw[key], key)
             except ValueError as error:
-                raise fail(lines.get(key, header), f"{error} in {where}") from None
+                raise fail(lines.get(key, header), f"{error} in {what}") from None
         entry = Entry(line=header or 0, **values)
         if entries and entry.time <= entries[-1].time:
             raise fail(lines.get("time", header),
-                       f"times out of order: {where} at {_clock(entry.time)} is not after entry {number - 1} "
+                       f"times out of order: {what} at {_clock(entry.time)} is not after entry {number - 1} "
                        f"at {_clock(entries[-1].time)}")
         if not entries and entry.time != 0:
-            raise fail(lines.get("time", header), f"the first entry starts the music: give it time = \"0:00\", "
-                                                  f"not {_clock(entry.time)}")
+            raise fail(lines.get("time", header),
+                       f"the first entry starts the music: give it time = \"0:00\", not {_clock(entry.time)}")
         entries.append(entry)
     timeline = Timeline(entries=tuple(entries), source=source, **defaults)
-    for entry, following in zip(entries[1:], entries[2:] + [None]):
+    for index, entry in enumerate(entries[1:], 1):
         length = entry.transition if entry.transition is not None else timeline.transition
-        limit = following.time if following is not None else timeline.end
-        if length is not None and limit is not None and entry.time + length > limit + 1e-9:
-            raise fail(next(l for e, (h, ls) in zip(entries, entry_lines) if e is entry for l in [ls.get("transition", h)]),
+        following = entries[index + 1].time if index + 1 < len(entries) else timeline.end
+        if length is not None and following is not None and entry.time + length > following + 1e-9:
+            lines = where_is[index]
+            raise fail(lines.get("transition", lines["entry"]),
                        f"the transition of the entry at {_clock(entry.time)} lasts {length:g} s: past "
-                       f"{'the next entry' if following is not None else 'the end'} at {_clock(limit)}")
+                       f"{'the next entry' if index + 1 < len(entries) else 'the end'} at {_clock(following)}")
     if timeline.end is not None and timeline.end <= entries[-1].time:
-        raise fail(top_lines.get("end"), f"end = {_clock(timeline.end)} is not after the last entry "
-                                         f"at {_clock(entries[-1].time)}")
+        raise fail(top_lines.get("end"),
+                   f"end = {_clock(timeline.end)} is not after the last entry at {_clock(entries[-1].time)}")
     return timeline
-
-
-def _fails(data: dict, key: str) -> bool:
-    try:
-        _READERS[key](data[key], key)
-        return False
-    except ValueError:
-        return True
 
 
 def read_timeline(path: str | Path) -> Timeline:
@@ -298,10 +288,13 @@ def read_timeline(path: str | Path) -> Timeline:
 
 
 def _clock(seconds: float) -> str:
-    minutes, rest = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    text = f"{minutes}:{rest:05.2f}".replace(".00", "") if not hours else f"{hours}:{minutes:02d}:{rest:05.2f}".replace(".00", "")
-    return text
+    """``"2:30"``, ``"1:02:00"`` or ``"0:04.50"``: a time as a timeline writes it."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    fraction = seconds - whole
+    return text + (f"{fraction:.2f}"[1:] if fraction >= 0.005 else "")
 
 
 # ---------------------------------------------------------------------- planning
@@ -343,6 +336,7 @@ class TimelineJourney:
         self.left_at = math.inf
         self._last_time: float | None = None
         self._waypoints = list(self._lay_out())
+        self.seed = self._waypoints[0].seed
 
     @property
     def step(self) -> float:
@@ -435,12 +429,7 @@ class TimelineJourney:
 
     def queue(self, prompt: str, next_index: int) -> None:
         """Turn to ``prompt`` over one step, after the segment in progress and any prompt queued before."""
-        prompt = prompt.strip()
-        if not prompt:
-            raise RiffstreamError("empty prompt")
-        parse_blend(prompt)
-        if self.total_clips is not None:
-            raise RiffstreamError("the journey of a finite --duration is fixed: new prompts go to endless streams")
+        prompt = check_queued(prompt, self.total_clips)
         kept = self._kept()
         if not self.left_timeline:
             del self._waypoints[kept:]
@@ -460,9 +449,6 @@ class TimelineJourney:
 
     def set_clips_per_transition(self, clips: int, next_index: int) -> None:
         """Take ``clips`` clips per seed-walk step from the end of the segment in progress on."""
-        if clips < 1:
-            raise RiffstreamError(f"clips per transition must be 1 or more, not {clips}")
-        if self.total_clips is not None:
-            raise RiffstreamError("the journey of a finite --duration is fixed: its pace cannot change")
+        check_pace_change(clips, self.total_clips)
         self._kept()
         self.clips_per_transition = clips
