@@ -409,10 +409,10 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
     timeline = _timeline(args)
     prompts = list(timeline.prompts) if timeline is not None else parse_prompts(" ".join(args.prompt))
     duration = parse_duration(args.duration) if args.duration is not None else None
-    if duration is None and timeline is not None:
-        duration = timeline.end
     serving = getattr(args, "serve", False)
     play = not args.no_play
+    if duration is None and timeline is not None and not (play or serving):
+        duration = timeline.end  # a render ends there; live play runs through the timeline and riffs on
     if not play and not args.out and not serving:
         raise RiffstreamError("--no-play needs --out FILE: otherwise there is nothing to do")
     if args.width % 8:

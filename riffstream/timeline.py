@@ -3,7 +3,7 @@
 .. code-block:: toml
 
     bpm = 90                      # optional defaults for every entry
-    end = "6:00"                  # where a render ends (--duration overrides)
+    end = "6:00"                  # where a render (--no-play) ends (--duration overrides)
 
     [[entry]]
     time = "0:00"

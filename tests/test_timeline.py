@@ -252,3 +252,15 @@ def test_live_play_runs_through_the_timeline_riffs_on_and_takes_typed_prompts(ti
     walking = [r for r in records if r["prompt_a"] == r["prompt_b"] == "jazz"]
     assert len({r["seed_a"] for r in walking}) >= 2  # after the last entry it riffs on, the seed walking
     assert "queued a transition to 'techno'" in stderr
+
+
+def test_a_timeline_end_ends_a_render_but_not_a_served_stream(tmp_path):
+    from riffstream.cli import parse, plan_generation
+
+    (tmp_path / "plan.toml").write_text('end = "1:00"\n[[entry]]\ntime = 0\nprompt = "lofi"\n')
+    plan = str(tmp_path / "plan.toml")
+    render = plan_generation(parse(["--timeline", plan, "--model", "tiny", "--no-play", "--out",
+                                    str(tmp_path / "x.wav")]))
+    assert render.stream.duration == 60 and render.stream.timeline.end == 60
+    served = plan_generation(parse(["serve", "--timeline", plan, "--model", "tiny"]))
+    assert served.stream.duration is None and served.stream.prompts == ("lofi",)
