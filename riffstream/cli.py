@@ -321,6 +321,9 @@ def _add_output_options(out) -> None:
                      help="seconds of audio to buffer before playing (default: after the first clip for endless play; "
                           "for a --duration, enough that the buffer never runs dry, from the measured speed)")
     out.add_argument("--save-spectrograms", metavar="DIR", help="save every clip's spectrogram (PNG) and clips.jsonl in DIR")
+    out.add_argument("--resume", action="store_true",
+                     help="continue a render to --out that was stopped or killed, from its journal; the same options "
+                          "(the seed may be left out) give exactly the file an uninterrupted render would")
 
 
 def _port(text: str) -> int:
@@ -366,7 +369,7 @@ def _add_serve_options(group) -> None:
                        help="what to push to Icecast: mp3 or ogg (Opus) (default: %(default)s)")
     group.add_argument("--out", "-o", metavar="FILE", help="also write the audio to FILE (.wav, .flac or .ogg)")
     group.set_defaults(no_play=True, duration=None, output_device=None, list_devices=False, prebuffer=None,
-                       save_spectrograms=None, serve=True)
+                       save_spectrograms=None, resume=False, serve=True)
 
 
 def _quiet_libraries() -> None:
@@ -423,9 +426,15 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
                 if args.fallback_model not in (None, args.model) else None)
     for checked in filter(None, (model, fallback)):
         checked.check()
+    if args.resume and not (args.out and duration is not None):
+        raise RiffstreamError("--resume continues a render: give the --out FILE and --duration it was started with")
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     if timeline is not None and timeline.seed is not None and args.seed is None:
         seed = timeline.seed
+    elif args.resume and args.seed is None:
+        from riffstream.journal import Journal
+
+        seed = Journal.read_plan(args.out).get("seed", seed)
     spectrograms = Path(args.save_spectrograms) if args.save_spectrograms is not None else None
     tempo_locked = args.bpm is not None or (timeline is not None and timeline.uses_bpm)
     loop = _loop(args.init_audio, timeline, args.bpm) if tempo_locked and args.init_audio else None
@@ -450,6 +459,30 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
                           preset.name)
 
 
+def journal_plan(plan: GenerationPlan, out: str) -> dict:
+    """What decides a render's audio, as a journal records it: a resume must match it exactly."""
+    import hashlib
+
+    options, model = plan.stream, plan.model
+
+    def digest(data) -> str | None:
+        return None if data is None else hashlib.sha256(data).hexdigest()
+
+    return {
+        "prompts": list(options.prompts), "seed": options.seed, "steps": options.steps, "guidance": options.guidance,
+        "negative_prompt": options.negative_prompt, "clips_per_transition": options.clips_per_transition,
+        "crossfade": options.crossfade, "loudness": options.loudness, "strength": options.strength,
+        "continuation": options.continuation, "duration": options.duration, "bpm": options.bpm,
+        "init_audio": digest(options.init_image.tobytes() if options.init_image is not None else None),
+        "loop": digest(options.loop.tobytes() if options.loop is not None else None),
+        "timeline": digest(repr(options.timeline).encode() if options.timeline is not None else None),
+        "format": Path(out).suffix.lower(), "width": model.width,
+        "model": {"model": model.model, "revision": model.revision, "device": model.device, "threads": model.threads,
+                  "quantization": model.quantization, "scheduler": model.scheduler, "decoder": model.decoder,
+                  "loras": [[lora.source, lora.scale] for lora in model.loras], "precision": model.precision},
+    }
+
+
 def _generate(args: argparse.Namespace) -> None:
     from riffstream.sinks import list_devices
 
@@ -457,6 +490,11 @@ def _generate(args: argparse.Namespace) -> None:
         print(list_devices())
         return
     plan = plan_generation(args)
+    journal = finished = None
+    if args.resume:  # checked before the model loads, and nothing is touched if it does not match
+        from riffstream.journal import Journal
+
+        journal, finished = Journal.resume(args.out, journal_plan(plan, args.out))
     if args.preset == "auto" and plan.preset == "live":
         print("riffstream: live preset for live play on a CPU (LCM-LoRA, 4 steps, TAESD); --preset quality plays "
               "the model as trained, far slower than real time here", file=sys.stderr)
@@ -464,7 +502,7 @@ def _generate(args: argparse.Namespace) -> None:
     if model.is_tiny:
         print("riffstream: note: the tiny model has random weights: its output is noise, not music",
               file=sys.stderr)
-    _stream(args, model, plan.stream, plan.output_device)
+    _stream(args, model, plan, journal, finished)
 
 
 def _timeline(args: argparse.Namespace):
@@ -618,20 +656,27 @@ def _download(args: argparse.Namespace) -> None:
           f"it now plays offline: {play}")
 
 
-def _stream(args: argparse.Namespace, model, options, device_name: str | None) -> None:
+def _stream(args: argparse.Namespace, model, plan: GenerationPlan, journal=None, finished=None) -> None:
     from tqdm import tqdm
 
+    from riffstream.journal import Journal
     from riffstream.sinks import AudioFileWriter, Player
     from riffstream.stream import Stream, read_prompts
 
+    options, device_name = plan.stream, plan.output_device
     params = options.params
+    if journal is None and args.out and options.duration is not None:
+        journal = Journal.start(args.out, journal_plan(plan, args.out))
     writer = AudioFileWriter(args.out, params.sample_rate, params.channels) if args.out else None
     factory = None
     if device_name is not None:
         def factory(ring):
             return Player(ring, params.sample_rate, params.channels, args.output_device)
     try:
-        stream = Stream(model, options, [writer] if writer else [], factory)
+        stream = Stream(model, options, [writer] if writer else [], factory, journal, finished or ())
+        if finished:
+            print(f"riffstream: resuming {args.out}: {len(finished)} of {stream.total_clips} clips are done",
+                  file=sys.stderr)
         total = stream.total_clips
         what = f"{_format_seconds(options.duration)} in {total} clips" if total else "endless (Ctrl-C stops)"
         where = ", ".join(filter(None, [f"playing on {device_name}" if device_name else None,
@@ -680,7 +725,9 @@ def _stream(args: argparse.Namespace, model, options, device_name: str | None) -
     except KeyboardInterrupt:
         if writer is not None:
             writer.close()
-            print(f"riffstream: kept {args.out}: {writer.frames_written / params.sample_rate:.2f} s", file=sys.stderr)
+            more = "; the same command with --resume finishes it" if journal is not None else ""
+            print(f"riffstream: kept {args.out}: {writer.frames_written / params.sample_rate:.2f} s{more}",
+                  file=sys.stderr)
         raise
     except BaseException:
         if writer is not None:
@@ -688,6 +735,8 @@ def _stream(args: argparse.Namespace, model, options, device_name: str | None) -
         raise
     if writer is not None:
         writer.close()
+    if journal is not None:
+        journal.finish()
         print(f"wrote {args.out}: {writer.frames_written / params.sample_rate:.2f} s at {params.sample_rate} Hz")
 
 

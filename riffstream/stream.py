@@ -60,6 +60,7 @@ from riffstream.timeline import Timeline, TimelineJourney
 if TYPE_CHECKING:
     from PIL import Image
 
+    from riffstream.journal import FinishedClip, Journal
     from riffstream.sinks import Sink
 
 #: Default img2img strength, as Riffusion's seed images used.
@@ -419,11 +420,14 @@ class Stream:
     buffer: the sound card's :class:`~riffstream.sinks.Player` or a :class:`RealTimeClock`.
     ``on_clip`` callbacks get a :class:`ClipEvent` as each clip enters the live stream (in
     the consumer's thread: they must only hand off). :meth:`queue_prompt` and
-    :meth:`change` steer an endless stream while it runs.
+    :meth:`change` steer an endless stream while it runs. A ``journal`` keeps every clip
+    as it is finished; ``finished`` clips (from a journal being resumed) are replayed
+    first, in place of the model, so the sinks get exactly what they got the first time.
     """
 
     def __init__(self, model, options: StreamOptions, sinks: Sequence[Sink] = (),
-                 player_factory: Callable[[RingBuffer], object] | None = None) -> None:
+                 player_factory: Callable[[RingBuffer], object] | None = None, journal: Journal | None = None,
+                 finished: Sequence[FinishedClip] = ()) -> None:
         from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
         self.model = model
@@ -458,6 +462,8 @@ class Stream:
                 options.strength)
         else:
             self.journey = Journey(list(options.prompts), options.seed, options.clips_per_transition, self.total_clips)
+        self.journal = journal
+        self.finished = list(finished)
         self.stats = StreamStats()
         self.stop_event = threading.Event()
         self.prompt_queue: queue.Queue[str] = queue.Queue()
@@ -585,6 +591,13 @@ class Stream:
             negative = self._negative(clip)
             noise = slerp(self._noise(clip.seed_a), self._noise(clip.seed_b), clip.alpha)
             strength = self.options.strength if clip.strength is None else clip.strength
+            if index < len(self.finished):  # journalled: replayed as it was made
+                done = self.finished[index]
+                if not self._put(self._latents, (clip, slot, done.image, 0.0)):
+                    return
+                previous = done.latents
+                index += 1
+                continue
             init_image, init_latents = None, fixed_init
             if slot.bpm is not None:
                 key = self.loops.key(slot)
@@ -643,7 +656,8 @@ class Stream:
             self.stats.decode_seconds += decode_seconds
             if self.options.continuation and previous is not None:
                 image = keep_overlap(previous, image, self.overlap_columns)
-            if not self._put(self._images, (clip, slot, image, denoise_seconds + decode_seconds)):
+            kept = latents if self.options.continuation and isinstance(latents, np.ndarray) else None
+            if not self._put(self._images, (clip, slot, image, kept, denoise_seconds + decode_seconds)):
                 return
             previous = image
         self._put(self._images, None)
@@ -710,7 +724,9 @@ class Stream:
                     continue
                 if item is None:
                     break
-                clip, slot, image, model_seconds = item
+                clip, slot, image, latents, model_seconds = item
+                if self.journal is not None and clip.index >= len(self.finished):
+                    self.journal.add(clip.index, image, latents)
                 if self.options.save_spectrograms is not None:
                     self._save_spectrogram(clip, slot, image)
                 overlap = self.clip_width - slot.advance

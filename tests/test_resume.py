@@ -1,0 +1,149 @@
+"""--resume: a render killed at any point (SIGKILL included) finishes bit-identical to an uninterrupted one.
+
+Real processes, real signals, real files: the tiny model renders through the command line.
+"""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.running import wait_for
+
+RENDER = ["lofi to jazz", "--model", "tiny", "--width", "64", "--steps", "2", "--no-progress", "--no-play",
+          "--duration", "12", "--seed", "4"]
+
+
+def _command(cache, out, *args):
+    return [sys.executable, "-m", "riffstream", *RENDER, "--cache-dir", str(cache), "--out", str(out), *args]
+
+
+def _journal(out):
+    return out.with_name(f".{out.name}.journal")
+
+
+def _clips(out) -> int:
+    folder = _journal(out)
+    return len([name for name in os.listdir(folder) if name.endswith(".png")]) if folder.exists() else 0
+
+
+def _interrupt(cache, out, at_clips: int, how: signal.Signals, *args):
+    process = subprocess.Popen(_command(cache, out, *args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _clips(out) >= at_clips, 180, process)
+        process.send_signal(how)
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    return process
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_exported, tmp_path_factory):
+    """The reference: each variant rendered once without a stop, and its clip count."""
+    folder = tmp_path_factory.mktemp("reference")
+    made = {}
+    for name, args in (("plain", ()), ("continued", ("--continuation",))):
+        out = folder / f"{name}.wav"
+        result = subprocess.run(_command(tiny_exported, out, *args), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert not _journal(out).exists()  # a finished render removes its journal
+        made[name] = out.read_bytes()
+    return made
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_a_render_killed_at_a_random_point_resumes_to_the_same_bytes(tiny_exported, tmp_path, uninterrupted, run):
+    at = random.Random(run).randrange(1, 22)  # of 25 clips
+    out = tmp_path / "render.wav"
+    killed = _interrupt(tiny_exported, out, at, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert _clips(out) >= at and not out.exists()
+    command = _command(tiny_exported, out, "--resume")
+    if run == 2:  # the seed may be left out: the journal's is taken
+        del command[command.index("--seed") : command.index("--seed") + 2]
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {out}: " in resumed.stderr
+    assert out.read_bytes() == uninterrupted["plain"]
+    assert not _journal(out).exists() and not list(tmp_path.glob(".*.partial"))
+
+
+def test_a_continued_render_stopped_with_ctrl_c_resumes_to_the_same_bytes(tiny_exported, tmp_path, uninterrupted):
+    out = tmp_path / "continued.wav"
+    stopped = _interrupt(tiny_exported, out, 9, signal.SIGINT, "--continuation")
+    stderr = stopped.stderr.read().decode()
+    assert stopped.returncode == 130 and "with --resume finishes it" in stderr, stderr
+    assert out.exists()  # what was finished is kept, as always
+    # Continuation chains each clip to the one before: the journal keeps their latents.
+    assert any(name.endswith(".npy") for name in os.listdir(_journal(out)))
+    resumed = subprocess.run(_command(tiny_exported, out, "--continuation", "--resume"), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == uninterrupted["continued"]
+
+
+@pytest.fixture(scope="module")
+def stopped_journal(tiny_exported, tmp_path_factory):
+    """A render killed after a few clips: its journal, to copy into each bad-resume case."""
+    folder = tmp_path_factory.mktemp("stopped")
+    out = folder / "render.wav"
+    _interrupt(tiny_exported, out, 3, signal.SIGKILL)
+    return _journal(out)
+
+
+def _spoil_plan(journal):
+    (journal / "plan.json").write_text("{not json")
+
+
+def _spoil_clip(journal):
+    (journal / "clip-00000.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+
+
+def _lose_clip(journal):
+    (journal / "clip-00001.png").unlink()
+
+
+@pytest.mark.parametrize("spoil, args, message", [
+    (None, ["--steps", "3"], "it was started with steps 2, not 3"),
+    (None, ["--seed", "5"], "it was started with seed 4, not 5"),
+    (None, ["--crossfade", "0.2"], "it was started with crossfade"),
+    (_spoil_plan, [], "its journal's plan is corrupt"),
+    (_spoil_clip, [], "clip 0 of its journal is corrupt"),
+    (_lose_clip, [], "clip 1 is missing"),
+    ("none", [], "nothing to resume"),
+])
+def test_a_mismatched_or_broken_resume_gets_one_line_and_touches_nothing(tiny_exported, tmp_path, stopped_journal,
+                                                                       spoil, args, message):
+    out = tmp_path / "render.wav"
+    if spoil != "none":
+        shutil.copytree(stopped_journal, _journal(out))
+        if spoil is not None:
+            spoil(_journal(out))
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
+    command = _command(tiny_exported, out, "--resume", *args)
+    if "--seed" in args:
+        command.remove("4")
+        command.remove("--seed")
+    began = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert "loading" not in result.stderr and time.monotonic() - began < 30  # refused before the model loads
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_resume_needs_the_render_it_continues(tiny_exported, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "riffstream", "lofi", "--model", "tiny", "--no-play", "--out",
+                             str(tmp_path / "x.wav"), "--resume", "--cache-dir", str(tiny_exported)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--resume continues a render" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
