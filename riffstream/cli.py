@@ -321,6 +321,11 @@ def _add_output_options(out) -> None:
                      help="seconds of audio to buffer before playing (default: after the first clip for endless play; "
                           "for a --duration, enough that the buffer never runs dry, from the measured speed)")
     out.add_argument("--save-spectrograms", metavar="DIR", help="save every clip's spectrogram (PNG) and clips.jsonl in DIR")
+    out.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="make clips on a Ray cluster, several at once: with no ADDRESS a local one (or RAY_ADDRESS's); "
+                          "needs pip install 'riffstream[ray]'")
+    out.add_argument("--ray-workers", type=_count, metavar="N",
+                     help="Ray workers, each holding the model (default: the cluster's CPUs / --threads)")
     out.add_argument("--resume", action="store_true",
                      help="continue a render to --out that was stopped or killed, from its journal; the same options "
                           "(the seed may be left out) give exactly the file an uninterrupted render would")
@@ -369,7 +374,7 @@ def _add_serve_options(group) -> None:
                        help="what to push to Icecast: mp3 or ogg (Opus) (default: %(default)s)")
     group.add_argument("--out", "-o", metavar="FILE", help="also write the audio to FILE (.wav, .flac or .ogg)")
     group.set_defaults(no_play=True, duration=None, output_device=None, list_devices=False, prebuffer=None,
-                       save_spectrograms=None, resume=False, serve=True)
+                       save_spectrograms=None, resume=False, ray=None, ray_workers=None, serve=True)
 
 
 def _quiet_libraries() -> None:
@@ -498,11 +503,39 @@ def _generate(args: argparse.Namespace) -> None:
     if args.preset == "auto" and plan.preset == "live":
         print("riffstream: live preset for live play on a CPU (LCM-LoRA, 4 steps, TAESD); --preset quality plays "
               "the model as trained, far slower than real time here", file=sys.stderr)
+    if args.ray is not None:
+        _stream_on_ray(args, plan, journal, finished)
+        return
     model = _load_model(plan, progress=not args.no_progress)
     if model.is_tiny:
         print("riffstream: note: the tiny model has random weights: its output is noise, not music",
               file=sys.stderr)
     _stream(args, model, plan, journal, finished)
+
+
+def _stream_on_ray(args: argparse.Namespace, plan: GenerationPlan, journal, finished) -> None:
+    """Generate with a pool of Ray workers, each holding the model, instead of a local model."""
+    from riffstream.model import TINY_MODEL
+
+    if plan.stream.continuation:
+        raise RiffstreamError("--continuation chains each clip to the one before, so its clips cannot be made "
+                              "apart: it runs on one machine, without --ray")
+    with _model_stack("cannot start the Ray workers"):
+        from riffstream.raypool import RayPool
+
+        began = time.monotonic()
+        print("riffstream: starting Ray workers ...", file=sys.stderr)
+        pool = RayPool(plan.model, args.ray or None, args.ray_workers)
+    try:
+        with _model_stack(f"cannot load model {plan.model.model!r} on the Ray workers"):
+            pool.wait_ready()
+        print(f"riffstream: {pool.workers} Ray workers ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
+        if plan.model.model == TINY_MODEL:
+            print("riffstream: note: the tiny model has random weights: its output is noise, not music",
+                  file=sys.stderr)
+        _stream(args, pool, plan, journal, finished)
+    finally:
+        pool.close()
 
 
 def _timeline(args: argparse.Namespace):

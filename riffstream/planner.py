@@ -175,6 +175,11 @@ class Journey:
         self._anchor = (next_index, self.position(next_index))
         self.clips_per_transition = clips
 
+    def rewind(self, index: int, time: float | None = None) -> None:
+        """Plan again from clip ``index``, as if no later clip had been planned (``time``: where the clip before
+        it is centred, for timelines)."""
+        self._last_position = self.position(index - 1) if index > 0 else 0.0
+
     def clip(self, index: int, time: float | None = None) -> Clip:
         """Plan clip ``index`` (clips are planned in order; ``queue`` only affects later ones).
 

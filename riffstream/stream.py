@@ -36,6 +36,7 @@ When the model is slower than real time:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import queue
@@ -54,13 +55,14 @@ from riffstream.errors import RiffstreamError
 from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, blend_embedding, lerp, parse_blend, slerp
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher, overlap_frames
+from riffstream.journal import FinishedClip
 from riffstream.tempo import ClipLayout, LoopImages, Slot, beat_grid, check_bpm, clips_to_cover
 from riffstream.timeline import Timeline, TimelineJourney
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from riffstream.journal import FinishedClip, Journal
+    from riffstream.journal import Journal
     from riffstream.sinks import Sink
 
 #: Default img2img strength, as Riffusion's seed images used.
@@ -165,6 +167,58 @@ def keep_overlap(previous: Image.Image, image: Image.Image, overlap: int) -> Ima
     before = np.asarray(previous.convert("RGB"))
     pixels[:, :overlap] = before[:, before.shape[1] - overlap :]
     return Image.fromarray(pixels)
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to make, as the stream planned it: what :func:`denoise_job` needs, and nothing of the stream.
+
+    ``init_image`` is the starting image (the init audio's or the tempo loop's); ``init_latents``
+    the continuation seed, which replaces it. Jobs pickle, so a remote worker can make them.
+    """
+
+    clip: Clip
+    slot: Slot
+    steps: int
+    guidance: float
+    strength: float
+    negative_prompt: str | None
+    init_image: Image.Image | None = None
+    init_latents: np.ndarray | None = None
+
+
+def denoise_job(model, job: ClipJob, encoded: dict | None = None,
+                on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """The latents of ``job``'s clip: prompt (or blend) embeddings lerped, seed noise slerped, and img2img
+    from its starting image if it has one. The local stream and Ray workers both run this, so a clip
+    is the same wherever it is made. ``encoded`` caches starting images' latents between calls."""
+    from riffstream.model import noise_for_seed
+
+    clip = job.clip
+    embeds = lerp(blend_embedding(model.encode_prompt, clip.prompt_a),
+                  blend_embedding(model.encode_prompt, clip.prompt_b), clip.alpha)
+    noise = slerp(noise_for_seed(clip.seed_a, model.latents_shape), noise_for_seed(clip.seed_b, model.latents_shape),
+                  clip.alpha)
+    init_latents = job.init_latents
+    if init_latents is None and job.init_image is not None:
+        encoded = {} if encoded is None else encoded
+        key = hashlib.sha1(job.init_image.tobytes()).hexdigest()
+        if key not in encoded:
+            if len(encoded) >= 64:
+                encoded.clear()
+            encoded[key] = model.encode_image(job.init_image)
+        init_latents = encoded[key]
+    return model.denoise(embeds, negative_embedding(model, clip, job.negative_prompt), noise, steps=job.steps,
+                         guidance=job.guidance, init_latents=init_latents, strength=job.strength, on_step=on_step)
+
+
+def negative_embedding(model, clip: Clip, negative_prompt: str | None) -> np.ndarray | None:
+    """A clip's negative embedding: its ends' (a timeline's) lerped, else ``negative_prompt``'s; None for none."""
+    if clip.negative_a is None and clip.negative_b is None:
+        return blend_embedding(model.encode_prompt, negative_prompt) if negative_prompt else None
+    ends = [blend_embedding(model.encode_prompt, text) if text else model.encode_prompt("")
+            for text in (clip.negative_a or negative_prompt, clip.negative_b or negative_prompt)]
+    return lerp(ends[0], ends[1], clip.alpha)
 
 
 class RingBuffer:
@@ -486,9 +540,16 @@ class Stream:
                 ahead = max(options.max_ahead, (options.prebuffer or 0) + self.clip_seconds)
             self.ring = RingBuffer(round(min(ahead, MAX_AHEAD) * rate), self.params.channels)
             self.player = player_factory(self.ring)
-        self._threads = [
-            threading.Thread(target=self._guard, args=(self._produce,), name="riffstream-producer", daemon=True),
-            threading.Thread(target=self._guard, args=(self._decode,), name="riffstream-decoder", daemon=True),
+        #: A remote pool of workers (``submit``/``collect``/``cancel``, e.g. a RayPool) instead of a local model.
+        self.remote = hasattr(model, "submit")
+        if self.remote and options.continuation:
+            raise RiffstreamError("--continuation chains each clip to the one before, so its clips cannot be made "
+                                  "apart: it runs on one machine, without --ray")
+        makers = ([threading.Thread(target=self._guard, args=(self._dispatch,), name="riffstream-dispatch", daemon=True)]
+                  if self.remote else
+                  [threading.Thread(target=self._guard, args=(self._produce,), name="riffstream-producer", daemon=True),
+                   threading.Thread(target=self._guard, args=(self._decode,), name="riffstream-decoder", daemon=True)])
+        self._threads = makers + [
             threading.Thread(target=self._guard, args=(self._consume,), name="riffstream-consumer", daemon=True),
         ]
 
@@ -576,73 +637,95 @@ class Stream:
             if "negative_prompt" in change:
                 self.negative_prompt = change["negative_prompt"]
 
+    def _plan(self, index: int, previous_latents: np.ndarray | None) -> ClipJob:
+        """Plan clip ``index`` (after any change asked for): where it falls, what it is, what it starts from."""
+        self._apply_changes(index)
+        slot = self.layout.slot(index)
+        clip = self.journey.clip(index, self.layout.centre(slot))
+        self.next_clip = index + 1
+        strength = self.options.strength if clip.strength is None else clip.strength
+        init_image = init_latents = None
+        if slot.bpm is not None:
+            init_image = self.loops.image(slot)
+        elif self.options.init_image is not None:
+            init_image = self.options.init_image
+        if self.options.continuation and previous_latents is not None:
+            init_latents = continuation_seed(previous_latents, self.overlap_columns, self.model.vae_scale_factor)
+        return ClipJob(clip, slot, self.steps, self.guidance, strength, self.negative_prompt, init_image, init_latents)
+
+    def _made_without_model(self, job: ClipJob) -> FinishedClip | None:
+        """A clip that needs no model: replayed from the journal being resumed, or its starting image as it is."""
+        if job.clip.index < len(self.finished):
+            return self.finished[job.clip.index]
+        if job.strength == 0 and job.init_image is not None:
+            return FinishedClip(job.init_image)
+        return None
+
     def _produce(self) -> None:
-        model = self.model
-        fixed_init = model.encode_image(self.options.init_image) if self.options.init_image is not None else None
-        loop_latents: dict[tuple[float, int], np.ndarray] = {}
+        encoded: dict = {}
         index = 0
         previous = None
         while not self.stop_event.is_set() and (self.total_clips is None or index < self.total_clips):
-            self._apply_changes(index)
-            slot = self.layout.slot(index)
-            clip = self.journey.clip(index, self.layout.centre(slot))
-            self.next_clip = index + 1
-            embeds = lerp(self._embedding(clip.prompt_a), self._embedding(clip.prompt_b), clip.alpha)
-            negative = self._negative(clip)
-            noise = slerp(self._noise(clip.seed_a), self._noise(clip.seed_b), clip.alpha)
-            strength = self.options.strength if clip.strength is None else clip.strength
-            if index < len(self.finished):  # journalled: replayed as it was made
-                done = self.finished[index]
-                if not self._put(self._latents, (clip, slot, done.image, 0.0)):
+            job = self._plan(index, previous)
+            ready = self._made_without_model(job)
+            if ready is not None:
+                if not self._put(self._latents, (job.clip, job.slot, ready.image, 0.0)):
                     return
-                previous = done.latents
-                index += 1
-                continue
-            init_image, init_latents = None, fixed_init
-            if slot.bpm is not None:
-                key = self.loops.key(slot)
-                init_image = self.loops.image(slot)
-                if strength > 0 and key not in loop_latents:
-                    if len(loop_latents) >= 64:
-                        loop_latents.clear()
-                    loop_latents[key] = model.encode_image(init_image)
-                init_latents = loop_latents.get(key)
-            elif self.options.init_image is not None:
-                init_image = self.options.init_image
-            if self.options.continuation and previous is not None:
-                init_latents = continuation_seed(previous, self.overlap_columns, model.vae_scale_factor)
-            if strength == 0 and init_image is not None:  # the starting image as it is: no model
-                if not self._put(self._latents, (clip, slot, init_image, 0.0)):
-                    return
+                previous = ready.latents
                 index += 1
                 continue
             began = time.monotonic()
             marks = [began]
-            latents = model.denoise(
-                embeds, negative, noise, steps=self.steps, guidance=self.guidance,
-                init_latents=init_latents, strength=strength,
-                on_step=lambda i, n: (marks.append(time.monotonic()), self._check_stop(i, n)),
-            )
+            latents = denoise_job(self.model, job, encoded,
+                                  on_step=lambda i, n: (marks.append(time.monotonic()), self._check_stop(i, n)))
             self.stats.denoise_seconds += marks[-1] - began
             first = self.stats.denoise_span[0] if self.stats.denoise_span else began
             self.stats.denoise_span = (first, marks[-1])
-            if not self._put(self._latents, (clip, slot, latents, marks[-1] - began)):
+            if not self._put(self._latents, (job.clip, job.slot, latents, marks[-1] - began)):
                 return
             previous = latents
             index += 1
         self._put(self._latents, None)
 
-    def _embedding(self, prompt: str) -> np.ndarray:
-        """A prompt's (or blend's) text embedding."""
-        return blend_embedding(self.model.encode_prompt, prompt)
+    def _dispatch(self) -> None:
+        """Remote clips: keep a window of jobs in flight on the pool and hand their images on in order.
 
-    def _negative(self, clip: Clip) -> np.ndarray | None:
-        """The clip's negative embedding: its ends' (a timeline's) lerped, else the stream's; None for none."""
-        if clip.negative_a is None and clip.negative_b is None:
-            return self._embedding(self.negative_prompt) if self.negative_prompt else None
-        ends = [self._embedding(text) if text else self.model.encode_prompt("")
-                for text in (clip.negative_a or self.negative_prompt, clip.negative_b or self.negative_prompt)]
-        return lerp(ends[0], ends[1], clip.alpha)
+        A prompt or setting change re-plans every clip not yet handed on: their work is
+        dropped and they are planned again with the change.
+        """
+        from collections import deque
+
+        pool = self.model
+        in_flight: deque = deque()  # (job, handle or FinishedClip)
+        index = 0
+        while not self.stop_event.is_set():
+            if in_flight and (not self.prompt_queue.empty() or not self._changes.empty()):
+                for job, handle in in_flight:
+                    if not isinstance(handle, FinishedClip):
+                        pool.cancel(handle)
+                index = in_flight[0][0].clip.index
+                self.journey.rewind(index, self.layout.centre(self.layout.slot_of(index - 1)) if index else None)
+                self.layout.rewind(index)
+                in_flight.clear()
+            while len(in_flight) < pool.window and (self.total_clips is None or index < self.total_clips):
+                job = self._plan(index, None)
+                in_flight.append((job, self._made_without_model(job) or pool.submit(job)))
+                index += 1
+            if not in_flight:
+                break
+            job, handle = in_flight[0]
+            if isinstance(handle, FinishedClip):
+                made = (handle.image, 0.0)
+            else:
+                made = pool.collect(handle, POLL)
+                if made is None:
+                    continue
+            in_flight.popleft()
+            image, seconds = made
+            self.stats.denoise_seconds += seconds
+            if not self._put(self._images, (job.clip, job.slot, image, None, seconds)):
+                return
+        self._put(self._images, None)
 
     # ------------------------------------------------------------------ decoder
 
@@ -670,11 +753,6 @@ class Stream:
             except queue.Empty:
                 continue
         return None
-
-    def _noise(self, seed: int) -> np.ndarray:
-        from riffstream.model import noise_for_seed
-
-        return noise_for_seed(seed, self.model.latents_shape)
 
     def _put(self, target: queue.Queue, item) -> bool:
         while not self.stop_event.is_set():

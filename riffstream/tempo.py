@@ -241,6 +241,10 @@ class Slot:
     loop_start: float = 0.0
 
 
+#: Clips whose layout is kept to lay out again from.
+KEEP_LAID = 256
+
+
 class ClipLayout:
     """Lays clips out in time, one after another: every ``width - overlap`` columns, or on a beat grid.
 
@@ -255,14 +259,30 @@ class ClipLayout:
         self.tempo_at = tempo_at or (lambda seconds: None)
         self._next = (0, 0)  # (index, start column) of the next clip to lay out
         self._grid: tuple[BeatGrid, int, int] | None = None  # (grid, first clip on it, its start column)
+        # The recent clips' slots and the grid before each, to lay out again from (a re-plan reaches back
+        # no further than the clips in flight).
+        self._laid: dict[int, tuple[Slot, tuple[BeatGrid, int, int] | None]] = {}
 
     def seconds(self, columns: float) -> float:
         """Columns as seconds."""
         return columns * self.params.step_size_ms / 1000
 
+    def slot_of(self, index: int) -> Slot:
+        """Clip ``index``'s slot, already laid out."""
+        return self._laid[index][0]
+
+    def rewind(self, index: int) -> None:
+        """Lay out again from clip ``index``, as if no later clip had been laid out."""
+        if index in self._laid:
+            slot, self._grid = self._laid[index]
+            self._next = (index, slot.start)
+            for later in [n for n in self._laid if n >= index]:
+                del self._laid[later]
+
     def slot(self, index: int) -> Slot:
         """Lay out clip ``index``: the next one after the last laid out."""
         expected, start = self._next
+        grid_before = self._grid
         if index != expected:
             raise ValueError(f"clips are laid out in order: expected clip {expected}, not {index}")
         bpm = self.tempo_at(self.seconds(start + self.width / 2))
@@ -277,6 +297,8 @@ class ClipLayout:
             slot = Slot(index, start, origin + grid.start(n + 1) - start, bpm,
                         (start - origin) * self.params.hop_length)
         self._next = (index + 1, start + slot.advance)
+        self._laid[index] = (slot, grid_before)
+        self._laid.pop(index - KEEP_LAID, None)
         return slot
 
     def centre(self, slot: Slot) -> float:

@@ -393,6 +393,11 @@ class TimelineJourney:
         a = replace(last, time=last.time + walked * self.step, seed=last.seed + walked)
         return a, replace(a, time=a.time + self.step, seed=a.seed + 1), u - walked
 
+    def rewind(self, index: int, time: float | None = None) -> None:
+        """Plan again from clip ``index``, as if no later clip had been planned; ``time`` is where the clip
+        before it is centred (None: nothing is planned)."""
+        self._last_time = time if index > 0 else None
+
     def clip(self, index: int, time: float | None = None) -> Clip:
         """Plan clip ``index``, whose centre is at ``time`` seconds (default: ``index`` advances in)."""
         if time is None:

@@ -1,0 +1,187 @@
+"""Clips made on a Ray cluster: a pool of actors, each holding a loaded model.
+
+Once planned (prompt embeddings lerped, seed noise slerped, clip by clip), the clips of a
+stream are independent, so they can be made anywhere at once and joined in order. The
+stream plans each clip exactly as it does locally, as a :class:`~riffstream.stream.ClipJob`,
+and sends it to a worker. The worker runs the same :func:`~riffstream.stream.denoise_job`
+and decode as the local stream and returns the spectrogram's pixels.
+
+Workers return images rather than latents because decoding is the costliest part after
+the UNet (the VAE decoder is 2.5 TFLOP a clip): it belongs beside the model, and the
+machine that stitches then needs no model at all. An image is 768 KB of uint8 pixels for
+a 512 x 512 clip (its 64 x 64 latents would be 64 KB).
+
+Faults are Ray's to handle: a worker that dies mid-clip is restarted (``max_restarts``)
+and its clip retried (``max_task_retries``), on its node or any other with room.
+Results are taken by clip, in order, so nothing is lost or repeated. This module holds
+no threads; the stream's dispatcher drives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from riffstream.errors import RiffstreamError
+
+#: Seconds between checks that the cluster is still there while waiting for a clip.
+HEALTH_EVERY = 5.0
+
+
+def _ray():
+    # Ray's core logs its retries to stderr as warnings; the command line speaks for itself.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    try:
+        import ray
+    except ImportError:
+        raise RiffstreamError("--ray needs Ray, an optional extra: pip install 'riffstream[ray]'") from None
+    return ray
+
+
+class ClipWorker:
+    """A Ray actor: one loaded model that turns clip jobs into spectrogram pixels."""
+
+    def __init__(self, options) -> None:
+        from riffstream.model import RiffusionModel
+
+        self.model = RiffusionModel.load(options, progress=False)
+        self.encoded: dict = {}
+
+    def make(self, job) -> tuple[np.ndarray, float, int]:
+        """(pixels (H, W, 3) uint8, seconds the model took, this worker's process id)."""
+        from riffstream.stream import denoise_job
+
+        began = time.monotonic()
+        image = self.model.decode(denoise_job(self.model, job, self.encoded))
+        return np.asarray(image.convert("RGB")), time.monotonic() - began, os.getpid()
+
+    def pid(self) -> int:
+        """The worker's process id (it answers once the model is loaded)."""
+        return os.getpid()
+
+
+class RayPool:
+    """Workers on a Ray cluster, for the stream to send clip jobs to.
+
+    ``address`` is a cluster to join (``ray://...``, ``HOST:PORT`` or ``auto``); None starts a
+    local one unless ``RAY_ADDRESS`` names one. ``workers`` actors are made (default: one per
+    ``threads`` CPUs the cluster has), each with the model loaded from ``options``.
+    """
+
+    def __init__(self, options, address: str | None = None, workers: int | None = None) -> None:
+        ray = _ray()
+        self.options = options
+        threads = options.threads or 1
+        joining = address or os.environ.get("RAY_ADDRESS")
+        try:
+            if not ray.is_initialized():
+                with _quiet_stderr():
+                    ray.init(address=joining, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                             **({} if joining else {"num_cpus": os.cpu_count()}))
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+        except Exception as error:  # Ray raises ConnectionError, RuntimeError, its own errors ...
+            detail = _first_line(error)
+            causes = [error]
+            while causes[-1].__cause__ is not None and len(causes) < 10:
+                causes.append(causes[-1].__cause__)
+            if any("Authentication" in str(cause) or "AuthenticationError" in type(cause).__name__ for cause in causes):
+                detail = ("it wants the cluster's token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                          "~/.ray/auth_token) as on its nodes")
+            raise RiffstreamError(f"cannot reach the Ray cluster at {joining or 'a new local cluster'}: "
+                                  f"{detail[:200]}") from None
+        self.workers = workers or max(1, cpus // threads)
+        if cpus < threads:
+            raise RiffstreamError(f"the Ray cluster has {cpus} CPUs: too few for a worker of {threads} threads")
+        actor = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=-1)(ClipWorker)
+        worker_options = replace(options, threads=threads)
+        self._actors = [actor.remote(worker_options) for _ in range(self.workers)]
+        self._next = 0
+        #: Clips in flight at once: enough to keep every worker busy while the next result travels.
+        self.window = 2 * self.workers
+        self._checked = time.monotonic()
+
+    def wait_ready(self, timeout: float = 600.0) -> list[int]:
+        """Wait until every worker has loaded its model; their process ids."""
+        ray = _ray()
+        try:
+            return ray.get([actor.pid.remote() for actor in self._actors], timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise RiffstreamError(f"the Ray workers did not load the model within {timeout:g} s") from None
+        except ray.exceptions.RayError as error:
+            raise RiffstreamError(f"a Ray worker cannot load the model: {_first_line(error)}") from None
+
+    def submit(self, job):
+        """Start making ``job``'s clip on the next worker; a handle for :meth:`collect`."""
+        actor = self._actors[self._next % len(self._actors)]
+        self._next += 1
+        return actor.make.remote(job)
+
+    def collect(self, handle, timeout: float):
+        """(image, model seconds) once ``handle``'s clip is made, else None after ``timeout`` seconds.
+
+        A cluster that has gone away is a one-line RiffstreamError.
+        """
+        from PIL import Image
+
+        ray = _ray()
+        done, _ = ray.wait([handle], timeout=timeout)
+        if not done:
+            if time.monotonic() - self._checked > HEALTH_EVERY:
+                self._checked = time.monotonic()
+                self._check_cluster()
+            return None
+        try:
+            pixels, seconds, _ = ray.get(handle)
+        except ray.exceptions.RayError as error:
+            raise RiffstreamError(f"the Ray cluster could not make a clip: {_first_line(error)}") from None
+        return Image.fromarray(pixels), seconds
+
+    def cancel(self, handle) -> None:
+        """Drop a clip no longer wanted (a queued job is cancelled; a running one finishes unused)."""
+        try:
+            _ray().cancel(handle)
+        except Exception:  # cancelling is best effort: the result is dropped either way
+            pass
+
+    def _check_cluster(self) -> None:
+        ray = _ray()
+        try:
+            alive = [node for node in ray.nodes() if node.get("Alive")]
+        except Exception as error:
+            raise RiffstreamError(f"lost the Ray cluster: {_first_line(error)}") from None
+        if not any(node.get("Resources", {}).get("CPU", 0) > 0 for node in alive):
+            raise RiffstreamError("lost the Ray cluster: no node with CPUs is left")
+
+    def close(self) -> None:
+        """Let the workers go (and stop a local cluster this pool started)."""
+        ray = _ray()
+        for actor in self._actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # an actor already gone needs no killing
+                pass
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Ray's core (C++) logs each failed try to connect straight to file descriptor 2: hold it back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _first_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
