@@ -24,7 +24,7 @@ import numpy as np
 
 from riffstream import checks
 from riffstream.checks import Limits, option_type
-from riffstream.errors import RiffstreamError
+from riffstream.errors import RiffstreamError, SourceLost
 from riffstream.phase import DEFAULT_ITERATIONS
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS
 
@@ -755,7 +755,7 @@ def _stream(args: argparse.Namespace, model, plan: GenerationPlan, journal=None,
             while not stream.messages.empty():
                 print(f"riffstream: {stream.messages.get()}", file=sys.stderr)
             _summary(stream)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SourceLost):  # stopped, or where clips are made is gone: keep what is finished
         if writer is not None:
             writer.close()
             more = "; the same command with --resume finishes it" if journal is not None else ""
@@ -901,6 +901,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args)
     except RiffstreamError as error:
         print(f"riffstream: error: {error}", file=sys.stderr)
+        if isinstance(error, SourceLost) and as_program:
+            # The file is closed; the lost cluster's client would hold the process for a minute.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_ERROR)
         return EXIT_ERROR
     except KeyboardInterrupt as interrupt:
         terminated = isinstance(interrupt, Terminated)

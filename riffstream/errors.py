@@ -7,3 +7,8 @@ class RiffstreamError(Exception):
     The CLI prints ``str(error)`` on one line and exits non-zero; anything else that
     escapes is a bug.
     """
+
+
+class SourceLost(RiffstreamError):
+    """Where clips are made has gone away mid-stream (a whole Ray cluster): the stream ends as an interrupted
+    one does, keeping every finished clip, and says so in one line."""

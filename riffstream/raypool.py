@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
 from dataclasses import replace
 
 import numpy as np
 
-from riffstream.errors import RiffstreamError
+from riffstream.errors import RiffstreamError, SourceLost
 
-#: Seconds between checks that the cluster is still there while waiting for a clip.
-HEALTH_EVERY = 5.0
+#: Seconds between checks that the cluster is still there while waiting for a clip. Ray itself gives up
+#: on a lost head only after a minute, by ending the whole process; the stream must end first, cleanly.
+HEALTH_EVERY = 2.0
 
 
 def _ray():
@@ -84,6 +86,8 @@ class RayPool:
                     ray.init(address=joining, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                              **({} if joining else {"num_cpus": os.cpu_count()}))
             cpus = int(ray.cluster_resources().get("CPU", 0))
+            host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+            self._head = (host, int(port))
         except Exception as error:  # Ray raises ConnectionError, RuntimeError, its own errors ...
             detail = _first_line(error)
             causes = [error]
@@ -104,6 +108,7 @@ class RayPool:
         #: Clips in flight at once: enough to keep every worker busy while the next result travels.
         self.window = 2 * self.workers
         self._checked = time.monotonic()
+        self.lost = False
 
     def wait_ready(self, timeout: float = 600.0) -> list[int]:
         """Wait until every worker has loaded its model; their process ids."""
@@ -138,7 +143,7 @@ class RayPool:
         try:
             pixels, seconds, _ = ray.get(handle)
         except ray.exceptions.RayError as error:
-            raise RiffstreamError(f"the Ray cluster could not make a clip: {_first_line(error)}") from None
+            raise SourceLost(f"the Ray cluster could not make a clip: {_first_line(error)}") from None
         return Image.fromarray(pixels), seconds
 
     def cancel(self, handle) -> None:
@@ -149,16 +154,18 @@ class RayPool:
             pass
 
     def _check_cluster(self) -> None:
-        ray = _ray()
+        """SourceLost if the cluster's head no longer answers (asking Ray would block until it gives up)."""
         try:
-            alive = [node for node in ray.nodes() if node.get("Alive")]
-        except Exception as error:
-            raise RiffstreamError(f"lost the Ray cluster: {_first_line(error)}") from None
-        if not any(node.get("Resources", {}).get("CPU", 0) > 0 for node in alive):
-            raise RiffstreamError("lost the Ray cluster: no node with CPUs is left")
+            socket.create_connection(self._head, timeout=2.0).close()
+        except OSError as error:
+            self.lost = True
+            raise SourceLost(f"lost the Ray cluster: its head at {self._head[0]}:{self._head[1]} does not answer "
+                             f"({error.strerror or error})") from None
 
     def close(self) -> None:
         """Let the workers go (and stop a local cluster this pool started)."""
+        if self.lost:  # nothing to release, and Ray would wait a minute for the head
+            return
         ray = _ray()
         for actor in self._actors:
             try:

@@ -1,0 +1,69 @@
+"""A real Ray cluster on loopback for the tests: a head and worker nodes started with ``ray start``.
+
+Ray 2.59 and later guard clusters with a token; each cluster here gets a fresh one, passed
+to its nodes and to the commands under test through the environment, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RayCluster:
+    """``address`` to join; ``env`` (the token) for every process that talks to it."""
+
+    address: str
+    env: dict[str, str]
+    workers: int
+    log: list[str] = field(default_factory=list)
+
+    def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+        result = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        self.log.append(result.stdout + result.stderr)
+        return result
+
+    def stop(self) -> None:
+        """Stop every Ray process on this machine: the nodes, their workers, the GCS."""
+        self.run("stop", "--force")
+
+
+def start_cluster(workers: int = 2, cpus_per_worker: int = 1) -> RayCluster:
+    """A head with no CPUs (so clips are made on the workers) and ``workers`` nodes of ``cpus_per_worker`` CPUs."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    port = free_port()
+    cluster = RayCluster(f"127.0.0.1:{port}", env, workers)
+    cluster.stop()  # nothing left from an earlier run
+    head = cluster.run("start", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard=false",
+                       "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
+                       "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()))
+    if head.returncode != 0:
+        raise RuntimeError(f"ray start --head failed: {head.stderr[-2000:]}")
+    for _ in range(workers):
+        node = cluster.run("start", "--address", cluster.address, "--num-cpus", str(cpus_per_worker),
+                           "--node-ip-address", "127.0.0.1")
+        if node.returncode != 0:
+            cluster.stop()
+            raise RuntimeError(f"ray start --address failed: {node.stderr[-2000:]}")
+    return cluster
+
+
+def actor_pids() -> list[int]:
+    """Process ids of the live clip workers (Ray names an actor's process after its class)."""
+    found = subprocess.run(["pgrep", "-f", "ray::ClipWorker"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]

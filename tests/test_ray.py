@@ -1,0 +1,147 @@
+"""--ray: clips made on a real Ray cluster (a head and two worker nodes on loopback), bit-identical to a local render."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.ray_cluster import actor_pids, start_cluster
+from tests.running import clip_records, wait_for
+
+pytest.importorskip("ray")
+
+RENDER = ["lofi to jazz", "--model", "tiny", "--width", "64", "--steps", "2", "--no-progress", "--no-play",
+          "--duration", "12", "--seed", "4", "--threads", "1"]
+
+
+def _command(cache, out, *args):
+    return [sys.executable, "-m", "riffstream", *RENDER, "--cache-dir", str(cache), "--out", str(out), *args]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = start_cluster(workers=2)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def local_render(tiny_exported, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "local.wav"
+    result = subprocess.run(_command(tiny_exported, out), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out.read_bytes()
+
+
+def test_a_render_on_the_cluster_is_bit_identical_to_a_local_one(tiny_exported, tmp_path, cluster, local_render):
+    out = tmp_path / "cluster.wav"
+    result = subprocess.run(_command(tiny_exported, out, "--ray", cluster.address), env=cluster.env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "2 Ray workers ready" in result.stderr
+    assert out.read_bytes() == local_render
+
+
+def test_a_worker_killed_mid_render_loses_nothing(tiny_exported, tmp_path, cluster, local_render):
+    out, spec = tmp_path / "killed.wav", tmp_path / "clips"
+    process = subprocess.Popen(_command(tiny_exported, out, "--ray", cluster.address, "--save-spectrograms",
+                                        str(spec)), env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(clip_records(spec)) >= 3, 180, process)
+        victims = actor_pids()
+        assert len(victims) == 2
+        os.kill(victims[0], signal.SIGKILL)  # mid-render: one worker and the clip it was making
+        process.wait(timeout=300)
+    finally:
+        process.kill()
+    stderr = process.stderr.read().decode()
+    assert process.returncode == 0, stderr
+    records = clip_records(spec)
+    assert [r["file"] for r in records] == [f"clip-{n:05d}.png" for n in range(25)]  # no gap, no duplicate
+    assert out.read_bytes() == local_render
+    assert victims[0] not in actor_pids()  # it really died; Ray restarted it as a new process
+
+
+def test_a_prompt_queued_mid_stream_reaches_later_clips(tiny_exported, tmp_path, cluster):
+    spec = tmp_path / "clips"
+    command = [sys.executable, "-m", "riffstream", "lofi", "--model", "tiny", "--width", "64", "--steps", "2",
+               "--no-progress", "--no-play", "--out", str(tmp_path / "endless.wav"), "--threads", "1",
+               "--cache-dir", str(tiny_exported), "--ray", cluster.address, "--save-spectrograms", str(spec),
+               "--clips-per-transition", "2"]
+    process = subprocess.Popen(command, env=cluster.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(clip_records(spec)) >= 3, 180, process)
+        process.stdin.write(b"smooth jazz\n")
+        process.stdin.flush()
+        wait_for(lambda: any(r["prompt_a"] == "smooth jazz" for r in clip_records(spec)), 60, process)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    finally:
+        process.kill()
+    stderr = process.stderr.read().decode()
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    records = clip_records(spec)
+    assert [r["file"] for r in records] == [f"clip-{n:05d}.png" for n in range(len(records))]
+    to_jazz = [r["alpha"] for r in records if r["prompt_b"] == "smooth jazz" and r["prompt_a"] == "lofi"]
+    assert to_jazz == [0.5, 1.0]  # a whole transition, planned after the prompt, not a jump
+
+
+def test_continuation_is_refused_on_ray_in_one_line(tiny_exported, tmp_path, cluster):
+    result = subprocess.run(_command(tiny_exported, tmp_path / "x.wav", "--ray", cluster.address, "--continuation"),
+                            env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "riffstream: error: --continuation chains each clip to the one before, so its clips cannot be made apart: "
+        "it runs on one machine, without --ray"]
+
+
+def test_a_cluster_without_its_token_is_one_line(tiny_exported, tmp_path, cluster):
+    env = {key: value for key, value in cluster.env.items() if not key.startswith("RAY_AUTH")}
+    result = subprocess.run(_command(tiny_exported, tmp_path / "x.wav", "--ray", cluster.address), env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "wants the cluster's token" in lines[-1] and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_ray_missing_is_one_line_saying_how_to_add_it(tiny_exported, tmp_path):
+    shim = tmp_path / "shim" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named ray', name='ray')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shim")}
+    result = subprocess.run(_command(tiny_exported, tmp_path / "x.wav", "--ray"), env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "riffstream: error: --ray needs Ray, an optional extra: pip install 'riffstream[ray]'")
+
+
+def test_when_the_whole_cluster_goes_the_render_ends_like_an_interrupted_one(tiny_exported, tmp_path):
+    lost = start_cluster(workers=1)
+    out, spec = tmp_path / "lost.wav", tmp_path / "clips"
+    command = _command(tiny_exported, out, "--ray", lost.address, "--save-spectrograms", str(spec))
+    command[command.index("--duration") + 1] = "10m"
+    process = subprocess.Popen(command, env=lost.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(clip_records(spec)) >= 3, 180, process)
+        lost.stop()
+        began = time.monotonic()
+        process.wait(timeout=120)
+        took = time.monotonic() - began
+    finally:
+        process.kill()
+        lost.stop()
+    stderr = process.stderr.read().decode()
+    assert process.returncode == 2 and "Traceback" not in stderr, stderr
+    *_, kept, error = stderr.strip().splitlines()
+    assert kept.startswith(f"riffstream: kept {out}: ") and "--resume finishes it" in kept, stderr
+    assert error.startswith("riffstream: error: lost the Ray cluster: its head at "), stderr
+    assert took < 90
+    import soundfile
+
+    assert soundfile.info(out).frames > 0  # the finished clips are kept, in a valid file
