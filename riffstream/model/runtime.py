@@ -107,6 +107,9 @@ def _ov_config(options: ModelOptions, cache: Path, precision: str | None) -> dic
         config["INFERENCE_PRECISION_HINT"] = precision
     if options.threads and device.startswith("CPU"):
         config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        # OpenVINO pins a process's threads to the first cores: several single-thread processes on one
+        # machine (Ray workers) would all share core 0. With a thread count given, let the OS place them.
+        config["ENABLE_CPU_PINNING"] = False
     return config
 
 
