@@ -30,6 +30,11 @@ import numpy as np
 
 from riffstream.errors import RiffstreamError, SourceLost
 
+#: A clip not back after this many times the usual clip time (and at least OVERDUE_FLOOR seconds) marks its
+#: worker as lost: its clips are sent again to the others. Ray restarts a dead worker only where there is room;
+#: a lost node with no spare CPU elsewhere would otherwise hold its clips for ever.
+OVERDUE_FACTOR = 4.0
+OVERDUE_FLOOR = 15.0
 #: Seconds between checks that the cluster is still there while waiting for a clip. Ray itself gives up
 #: on a lost head only after a minute, by ending the whole process; the stream must end first, cleanly.
 HEALTH_EVERY = 2.0
@@ -109,6 +114,9 @@ class RayPool:
         self.window = 2 * self.workers
         self._checked = time.monotonic()
         self.lost = False
+        self._sent: dict = {}  # handle -> (worker number, when sent)
+        self._took: list[float] = []  # recent clip times, seconds
+        self._suspects: set[int] = set()  # workers whose clips are overdue
 
     def wait_ready(self, timeout: float = 600.0) -> list[int]:
         """Wait until every worker has loaded its model; their process ids."""
@@ -121,10 +129,27 @@ class RayPool:
             raise RiffstreamError(f"a Ray worker cannot load the model: {_first_line(error)}") from None
 
     def submit(self, job):
-        """Start making ``job``'s clip on the next worker; a handle for :meth:`collect`."""
-        actor = self._actors[self._next % len(self._actors)]
+        """Start making ``job``'s clip on the next worker not thought lost; a handle for :meth:`collect`."""
+        live = [n for n in range(len(self._actors)) if n not in self._suspects] or list(range(len(self._actors)))
+        number = live[self._next % len(live)]
         self._next += 1
-        return actor.make.remote(job)
+        handle = self._actors[number].make.remote(job)
+        self._sent[handle] = (number, time.monotonic())
+        return handle
+
+    def overdue(self, handle) -> bool:
+        """Whether ``handle``'s clip is so late that its worker is taken as lost (its clips should go elsewhere)."""
+        number, sent = self._sent.get(handle, (None, time.monotonic()))
+        usual = sorted(self._took)[len(self._took) // 2] if self._took else 0.0
+        if time.monotonic() - sent <= max(OVERDUE_FLOOR, OVERDUE_FACTOR * usual):
+            return False
+        if number is not None and len(self._suspects) + 1 < len(self._actors):
+            self._suspects.add(number)
+        return True
+
+    def sent_to_suspect(self, handle) -> bool:
+        """Whether ``handle``'s clip went to a worker now thought lost."""
+        return self._sent.get(handle, (None, 0.0))[0] in self._suspects
 
     def collect(self, handle, timeout: float):
         """(image, model seconds) once ``handle``'s clip is made, else None after ``timeout`` seconds.
@@ -144,10 +169,14 @@ class RayPool:
             pixels, seconds, _ = ray.get(handle)
         except ray.exceptions.RayError as error:
             raise SourceLost(f"the Ray cluster could not make a clip: {_first_line(error)}") from None
+        number, sent = self._sent.pop(handle, (None, 0.0))
+        self._took = (self._took + [time.monotonic() - sent])[-32:]
+        self._suspects.discard(number)  # it answers after all
         return Image.fromarray(pixels), seconds
 
     def cancel(self, handle) -> None:
         """Drop a clip no longer wanted (a queued job is cancelled; a running one finishes unused)."""
+        self._sent.pop(handle, None)
         try:
             _ray().cancel(handle)
         except Exception:  # cancelling is best effort: the result is dropped either way

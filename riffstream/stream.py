@@ -719,6 +719,11 @@ class Stream:
             else:
                 made = pool.collect(handle, POLL)
                 if made is None:
+                    if pool.overdue(handle):  # its worker is lost: send its clips to the others
+                        for n, (waiting, sent) in enumerate(in_flight):
+                            if not isinstance(sent, FinishedClip) and (n == 0 or pool.sent_to_suspect(sent)):
+                                pool.cancel(sent)
+                                in_flight[n] = (waiting, pool.submit(waiting))
                     continue
             in_flight.popleft()
             image, seconds = made

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -26,11 +27,30 @@ class RayCluster:
     env: dict[str, str]
     workers: int
     log: list[str] = field(default_factory=list)
+    #: Each worker node's raylet port, which names its processes.
+    node_ports: list[int] = field(default_factory=list)
 
     def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
         result = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         self.log.append(result.stdout + result.stderr)
         return result
+
+    def kill_node(self, number: int) -> None:
+        """SIGKILL worker node ``number``: its raylet and every process it started (the workers), as if the
+        machine were gone."""
+        found = subprocess.run(["pgrep", "-f", f"node_manager_port={self.node_ports[number]}"],
+                               capture_output=True, text=True)
+        doomed, pending = [], [int(pid) for pid in found.stdout.split()]
+        while pending:
+            pid = pending.pop()
+            doomed.append(pid)
+            children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+            pending += [int(child) for child in children.stdout.split()]
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         """Stop every Ray process on this machine: the nodes, their workers, the GCS."""
@@ -50,8 +70,9 @@ def start_cluster(workers: int = 2, cpus_per_worker: int = 1) -> RayCluster:
     if head.returncode != 0:
         raise RuntimeError(f"ray start --head failed: {head.stderr[-2000:]}")
     for _ in range(workers):
+        cluster.node_ports.append(free_port())
         node = cluster.run("start", "--address", cluster.address, "--num-cpus", str(cpus_per_worker),
-                           "--node-ip-address", "127.0.0.1")
+                           "--node-ip-address", "127.0.0.1", "--node-manager-port", str(cluster.node_ports[-1]))
         if node.returncode != 0:
             cluster.stop()
             raise RuntimeError(f"ray start --address failed: {node.stderr[-2000:]}")
@@ -60,5 +81,6 @@ def start_cluster(workers: int = 2, cpus_per_worker: int = 1) -> RayCluster:
 
 def actor_pids() -> list[int]:
     """Process ids of the live clip workers (Ray names an actor's process after its class)."""
-    found = subprocess.run(["pgrep", "-f", "ray::ClipWorker"], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
+    table = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
+    rows = (line.split(None, 2) for line in table.splitlines() if line.strip())
+    return [int(pid) for pid, stat, args in rows if args.startswith("ray::ClipWorker") and not stat.startswith("Z")]

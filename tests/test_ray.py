@@ -1,4 +1,8 @@
-"""--ray: clips made on a real Ray cluster (a head and two worker nodes on loopback), bit-identical to a local render."""
+"""--ray: clips made on a real Ray cluster (a head and two worker nodes on loopback), bit-identical to a local render.
+
+The tests that lose nodes or the whole cluster start clusters of their own and come last:
+starting one stops every Ray process on the machine.
+"""
 
 import os
 import signal
@@ -119,6 +123,29 @@ def test_ray_missing_is_one_line_saying_how_to_add_it(tiny_exported, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "riffstream: error: --ray needs Ray, an optional extra: pip install 'riffstream[ray]'")
+
+
+def test_a_node_lost_mid_render_has_its_clips_made_by_the_other(tiny_exported, tmp_path, local_render):
+    two = start_cluster(workers=2)
+    out, spec = tmp_path / "node.wav", tmp_path / "clips"
+    process = subprocess.Popen(_command(tiny_exported, out, "--ray", two.address, "--save-spectrograms", str(spec)),
+                               env=two.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(clip_records(spec)) >= 3, 180, process)
+        before = len(clip_records(spec))
+        two.kill_node(0)  # no room elsewhere for its worker to restart: its clips must go to the other
+        time.sleep(0.5)
+        assert subprocess.run(["pgrep", "-f", f"node_manager_port={two.node_ports[0]}"]).returncode == 1  # gone
+        assert len(actor_pids()) == 1
+        process.wait(timeout=300)
+    finally:
+        process.kill()
+        two.stop()
+    stderr = process.stderr.read().decode()
+    assert process.returncode == 0, stderr
+    assert [r["file"] for r in clip_records(spec)] == [f"clip-{n:05d}.png" for n in range(25)]
+    assert before < 25  # the node was lost mid-render
+    assert out.read_bytes() == local_render
 
 
 def test_when_the_whole_cluster_goes_the_render_ends_like_an_interrupted_one(tiny_exported, tmp_path):
