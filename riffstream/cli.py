@@ -517,9 +517,9 @@ def _stream_on_ray(args: argparse.Namespace, plan: GenerationPlan, journal, fini
     """Generate with a pool of Ray workers, each holding the model, instead of a local model."""
     from riffstream.model import TINY_MODEL
 
-    if plan.stream.continuation:
-        raise RiffstreamError("--continuation chains each clip to the one before, so its clips cannot be made "
-                              "apart: it runs on one machine, without --ray")
+    from riffstream.stream import refuse_remote_continuation
+
+    refuse_remote_continuation(plan.stream)  # before the workers start
     with _model_stack("cannot start the Ray workers"):
         from riffstream.raypool import RayPool
 
@@ -570,8 +570,9 @@ def _loop(path: str, timeline, bpm: float | None):
     if sample_rate != rate:
         common = math.gcd(int(sample_rate), rate)
         mono = scipy.signal.resample_poly(mono, rate // common, int(sample_rate) // common)
-    tempi = {bpm} if timeline is None else {timeline.bpm, *(entry.bpm for entry in timeline.entries)}
-    for tempo in sorted(t for t in tempi if t is not None):
+    from riffstream.stream import tempi
+
+    for tempo in tempi(bpm, timeline):
         try:
             loop_audio(tempo, mono, rate)
         except RiffstreamError as error:

@@ -459,10 +459,20 @@ def validate(options: StreamOptions, clip_width: int) -> None:
         raise RiffstreamError("under a tempo lock every clip starts from the loop: give it as the loop, not an init image")
     if not 0 <= crossfade_seconds(options, clip_width) <= clip_s / 2 - EDGE_FADE:
         raise RiffstreamError(f"crossfade must be between 0 and {clip_s / 2 - EDGE_FADE:.2f} s for {clip_s:.2f}-s clips")
-    tempi = {options.bpm} | ({options.timeline.bpm, *(e.bpm for e in options.timeline.entries)}
-                             if options.timeline is not None else set())
-    for bpm in sorted(t for t in tempi if t is not None):
+    for bpm in tempi(options.bpm, options.timeline):
         beat_grid(bpm, params, clip_width, overlap_frames(params, crossfade_seconds(options, clip_width)))
+
+
+def tempi(bpm: float | None, timeline: Timeline | None) -> list[float]:
+    """Every tempo a stream locks to: ``bpm`` (the command line's), or a timeline's (where it overrides its default)."""
+    return timeline.tempi if timeline is not None else [bpm] if bpm is not None else []
+
+
+def refuse_remote_continuation(options: StreamOptions) -> None:
+    """Continuation chains each clip to the one before: its clips cannot be made apart, on remote workers."""
+    if options.continuation:
+        raise RiffstreamError("--continuation chains each clip to the one before, so its clips cannot be made "
+                              "apart: it runs on one machine, without --ray")
 
 
 class Stream:
@@ -542,9 +552,8 @@ class Stream:
             self.player = player_factory(self.ring)
         #: A remote pool of workers (``submit``/``collect``/``cancel``, e.g. a RayPool) instead of a local model.
         self.remote = hasattr(model, "submit")
-        if self.remote and options.continuation:
-            raise RiffstreamError("--continuation chains each clip to the one before, so its clips cannot be made "
-                                  "apart: it runs on one machine, without --ray")
+        if self.remote:
+            refuse_remote_continuation(options)
         makers = ([threading.Thread(target=self._guard, args=(self._dispatch,), name="riffstream-dispatch", daemon=True)]
                   if self.remote else
                   [threading.Thread(target=self._guard, args=(self._produce,), name="riffstream-producer", daemon=True),

@@ -98,9 +98,14 @@ class Timeline:
         return bpm
 
     @property
+    def tempi(self) -> list[float]:
+        """Every tempo the timeline sets (its default and its entries'), sorted, without repeats."""
+        return sorted({bpm for bpm in (self.bpm, *(entry.bpm for entry in self.entries)) if bpm is not None})
+
+    @property
     def uses_bpm(self) -> bool:
         """Whether any part of the timeline is tempo-locked."""
-        return self.bpm is not None or any(entry.bpm is not None for entry in self.entries)
+        return bool(self.tempi)
 
 
 _ENTRY_KEYS = {f.name for f in fields(Entry)} - {"line"}
