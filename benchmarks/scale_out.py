@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import machine  # noqa: E402
 from riffstream.journal import Journal  # noqa: E402
 from riffstream.model import ModelOptions, RiffusionModel  # noqa: E402
-from riffstream.raypool import RayPool  # noqa: E402
+from riffstream.stream.raypool import RayPool  # noqa: E402
 from riffstream.sinks import AudioFileWriter  # noqa: E402
 from riffstream.stream import Stream, StreamOptions  # noqa: E402
 

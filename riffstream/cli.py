@@ -521,7 +521,7 @@ def _stream_on_ray(args: argparse.Namespace, plan: GenerationPlan, journal, fini
 
     refuse_remote_continuation(plan.stream)  # before the workers start
     with _model_stack("cannot start the Ray workers"):
-        from riffstream.raypool import RayPool
+        from riffstream.stream.raypool import RayPool
 
         began = time.monotonic()
         print("riffstream: starting Ray workers ...", file=sys.stderr)

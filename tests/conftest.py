@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.jack import jack_server  # noqa: F401 (a fixture: a private JACK server for live play)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_SIZE = 128

@@ -12,23 +12,16 @@ is given a source that also records, into a memory-mapped file, every frame the 
 buffer handed to the sound card (real samples, copied after the real ``read_into``).
 """
 
-import glob
-import os
-import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import time
-import uuid
 
 import numpy as np
 import pytest
 import soundfile
 
+from tests.jack import RATE, play_recorded, read_head
 from tests.running import clip_records, wait_for
 
-RATE = 44100
 WIDTH = 64  # 0.64-s clips
 CLIP = WIDTH * 441
 CROSSFADE = round(min(1.0, WIDTH / 100 / 4) * 100) * 441  # the default for narrow clips: 0.16 s
@@ -49,100 +42,6 @@ THREADS = 1
 PLAY = 5.0
 #: ... and at least this many clips made, so that several repeats end in a new clip.
 CLIPS = 3
-#: Longest recording (seconds) the driver keeps of what was played.
-RECORD = 120
-JACK_DEVICE = "JACK Audio Connection Kit"  # the JACK host API's name: matches only its device
-
-JACKD = shutil.which("jackd")
-JACK_WAIT = shutil.which("jack_wait")
-
-#: The real command line, with a Player that records what it takes from the ring buffer.
-DRIVER = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    import riffstream.sinks as sinks
-    from riffstream import cli
-
-    samples = np.lib.format.open_memmap(sys.argv[1], mode="w+", dtype=np.float32, shape=(int(sys.argv[2]),))
-    # first read, last read (time.monotonic), frames read, reads, short reads, frame of the first short read
-    head = np.lib.format.open_memmap(sys.argv[3], mode="w+", dtype=np.float64, shape=(6,))
-    head[5] = -1
-
-    class RecordingSource:
-        def __init__(self, source):
-            self._source = source
-
-        def __getattr__(self, name):
-            return getattr(self._source, name)
-
-        def read_into(self, out):
-            copied = self._source.read_into(out)
-            now = time.monotonic()
-            done = int(head[2])
-            keep = max(0, min(copied, len(samples) - done))
-            samples[done:done + keep] = out[:keep, 0]
-            if head[3] == 0:
-                head[0] = now
-            if copied < len(out) and not self._source.closed:
-                head[4] += 1
-                if head[5] < 0:
-                    head[5] = done + copied
-            head[1], head[2], head[3] = now, done + copied, head[3] + 1
-            return copied
-
-    class RecordingPlayer(sinks.Player):
-        def __init__(self, source, *args, **kwargs):
-            super().__init__(RecordingSource(source), *args, **kwargs)
-
-    sinks.Player = RecordingPlayer
-    sys.argv = ["riffstream", *sys.argv[4:]]
-    sys.exit(cli.main())
-""")
-
-
-@pytest.fixture
-def jack_server(tmp_path):
-    """A private jackd on the dummy driver at 44.1 kHz; yields the environment that selects it."""
-    if JACKD is None:
-        pytest.skip("jackd is not installed (Debian: apt-get install jackd2; `make test` installs it when run as root)")
-    name = f"riffstream-test-{uuid.uuid4().hex[:12]}"
-    env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_AUDIO_RESERVATION="1", HF_HUB_OFFLINE="1")
-    log = open(tmp_path / "jackd.log", "w+b")
-    server = subprocess.Popen([JACKD, "--no-realtime", "--name", name, "-d", "dummy", "-r", str(RATE), "-p", "1024"],
-                              env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if server.poll() is not None:
-                log.seek(0)
-                raise AssertionError(f"jackd exited with {server.returncode}: {log.read().decode(errors='replace')}")
-            if JACK_WAIT is not None:
-                up = subprocess.run([JACK_WAIT, "--server", name, "--check"], env=env, capture_output=True, text=True)
-                if up.stdout.strip() == "running":
-                    break
-            elif glob.glob(f"/dev/shm/jack_{name}_*"):  # the server's shared memory, where jack_wait is missing
-                break
-            assert time.monotonic() < deadline, "jackd did not come up within 15 s"
-            time.sleep(0.1)
-        yield env
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-        for left in glob.glob(f"/dev/shm/jack*_{name}_*"):  # a killed jackd leaves its shared memory
-            os.unlink(left)
-
-
-def _head(path):
-    """The driver's counters, once it has written them (None before)."""
-    try:
-        return np.load(path, mmap_mode="r").copy()
-    except (OSError, ValueError):
-        return None
 
 
 def _above_hearing_band(audio, cutoff=13000.0):
@@ -156,14 +55,8 @@ def _above_hearing_band(audio, cutoff=13000.0):
 
 def _play(folder, cache, env, *args, steps=STEPS):
     """Start the recording driver on the real command line, playing into the JACK server."""
-    driver = folder / "driver.py"
-    driver.write_text(DRIVER)
-    return subprocess.Popen(
-        [sys.executable, str(driver), str(folder / "played.npy"), str(RECORD * RATE), str(folder / "head.npy"),
-         *args, "--model", "tiny", "--preset", "quality", "--width", str(WIDTH), "--steps", str(steps),
-         "--threads", str(THREADS),
-         "--no-progress", "--cache-dir", str(cache), "--output-device", JACK_DEVICE],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return play_recorded(folder, env, *args, "--model", "tiny", "--preset", "quality", "--width", str(WIDTH),
+                         "--steps", str(steps), "--threads", str(THREADS), "--no-progress", "--cache-dir", str(cache))
 
 
 def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_time(tiny_exported, jack_server, tmp_path):
@@ -173,7 +66,7 @@ def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_ti
                     "--save-spectrograms", str(spec), steps=LOOP_STEPS)
     try:
         deadline = time.monotonic() + 120
-        wait_for(lambda: (head := _head(head_path)) is not None and head[3] > 0, 120, process, "the first audio")
+        wait_for(lambda: (head := read_head(head_path)) is not None and head[3] > 0, 120, process, "the first audio")
         time.sleep(PLAY)
         wait_for(lambda: len(clip_records(spec)) >= CLIPS, deadline - time.monotonic(), process, f"{CLIPS} clips")
         process.send_signal(signal.SIGINT)

@@ -168,11 +168,56 @@ def test_encode_prompt_is_cached(tiny_model, monkeypatch):
     assert not first.flags.writeable
 
 
+def test_processes_compiling_the_same_model_at_once_all_load_it(tiny_exported, tmp_path):
+    """Ray workers on one machine load the same model at the same moment. OpenVINO writes its
+    compiled-model cache in place, so without riffstream's lock one of three or four such
+    processes failed to load here ("cannot set permissions: No such file or directory")."""
+    import shutil
+    import subprocess
+    import sys
+
+    load = ("import sys; from riffstream.model import ModelOptions, RiffusionModel; "
+            "RiffusionModel.load(ModelOptions(model='tiny', cache_dir=sys.argv[1]), "
+            "progress=False); print('loaded')")
+    for attempt in range(3):
+        cache = tmp_path / f"cache{attempt}"
+        shutil.copytree(tiny_exported / "models", cache / "models")  # exported, never compiled
+        processes = [subprocess.Popen([sys.executable, "-c", load, str(cache)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        results = [(process.wait(timeout=300), *process.communicate()) for process in processes]
+        assert all(code == 0 and out.strip() == "loaded" for code, out, _ in results), results
+        assert list((cache / "ov_compiled").rglob("*.blob"))
+
+
+def test_each_precision_compiles_into_a_cache_of_its_own(tiny_exported, tmp_path):
+    """OpenVINO's cache key leaves out the precision hint: an f32 compile then a bf16 load from one
+    folder reused the f32 blob, and crashed on an AMX CPU. Renders in f32 and then at the CPU's own
+    choice (bf16 where it has bf16 units) each run, on one cache, in either order."""
+    import shutil
+    import subprocess
+    import sys
+
+    from riffstream.model.runtime import resolve_precision
+
+    auto = resolve_precision(ModelOptions(model="tiny")) or "default"
+    for order in (["f32", "auto"], ["auto", "f32"]):
+        cache = tmp_path / "-".join(order)
+        shutil.copytree(tiny_exported / "models", cache / "models")
+        for precision in order:
+            result = subprocess.run(
+                [sys.executable, "-m", "riffstream", "lofi", "--model", "tiny", "--width", "64", "--steps", "2",
+                 "--duration", "1", "--no-play", "--no-progress", "--out", str(cache / f"{precision}.wav"),
+                 "--cache-dir", str(cache), "--precision", precision], capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, (order, precision, result.returncode, result.stderr[-2000:])
+        assert list((cache / "ov_compiled" / "f32").glob("*.blob"))
+        assert list((cache / "ov_compiled" / auto).glob("*.blob"))
+
+
 def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
     ir = store.resolve_ir(tiny_model.options)
     xml = ir / "unet" / "openvino_model.xml"
     mtime = xml.stat().st_mtime_ns
-    blobs = list((model_cache_dir / "ov_compiled").glob("*.blob"))
+    blobs = list((model_cache_dir / "ov_compiled").rglob("*.blob"))
     assert blobs, "OpenVINO's compiled-model cache (CACHE_DIR) was not written"
 
     def fail(*args, **kwargs):
@@ -182,7 +227,7 @@ def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
     monkeypatch.setattr(tm, "build_tiny_pipeline", fail)
     again = RiffusionModel.load(tiny_model.options, progress=False)
     assert xml.stat().st_mtime_ns == mtime
-    assert {b.name for b in (model_cache_dir / "ov_compiled").glob("*.blob")} == {b.name for b in blobs}
+    assert {b.name for b in (model_cache_dir / "ov_compiled").rglob("*.blob")} == {b.name for b in blobs}
     embeds = tiny_model.encode_prompt("same")
     noise = noise_for_seed(1, tiny_model.latents_shape)
     np.testing.assert_array_equal(

@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+from tests.jack import RATE, play_recorded, read_head
 from tests.ray_cluster import actor_pids, start_cluster
 from tests.running import clip_records, wait_for
 
@@ -67,6 +69,45 @@ def test_a_worker_killed_mid_render_loses_nothing(tiny_exported, tmp_path, clust
     assert [r["file"] for r in records] == [f"clip-{n:05d}.png" for n in range(25)]  # no gap, no duplicate
     assert out.read_bytes() == local_render
     assert victims[0] not in actor_pids()  # it really died; Ray restarted it as a new process
+
+
+def test_live_play_keeps_playing_through_a_worker_death(tiny_exported, tmp_path, cluster, jack_server):
+    """Endless play on a real-time sound card (JACK's dummy driver) from two workers, one of them killed:
+    the stream rides out the worker's restart (looping the last clip when the buffer runs low) and the
+    sound card never runs dry."""
+    out, spec, head_path = tmp_path / "live.wav", tmp_path / "clips", tmp_path / "head.npy"
+    env = {**jack_server, **{key: value for key, value in cluster.env.items() if key.startswith("RAY_")}}
+    process = play_recorded(tmp_path, env, "lofi", "--model", "tiny", "--preset", "quality", "--width", "64",
+                            "--steps", "24", "--threads", "1", "--no-progress", "--cache-dir", str(tiny_exported),
+                            "--seed", "3", "--out", str(out), "--save-spectrograms", str(spec),
+                            "--ray", cluster.address)
+    try:
+        wait_for(lambda: (head := read_head(head_path)) is not None and head[3] > 0, 180, process, "the first audio")
+        wait_for(lambda: len(clip_records(spec)) >= 4, 120, process, "4 clips")
+        victims = actor_pids()
+        assert len(victims) == 2
+        os.kill(victims[0], signal.SIGKILL)  # mid-play: one worker and the clip it was making
+        killed_at, killed_after = time.time(), len(clip_records(spec))
+        wait_for(lambda: len(clip_records(spec)) >= killed_after + 6, 180, process, "6 clips after the kill")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    finally:
+        process.kill()
+    stderr = process.stderr.read().decode()
+    first, last, frames, reads, short_reads, first_short = np.load(head_path)
+    print(stderr)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert victims[0] not in actor_pids()  # it really died; Ray restarted it as a new process
+    # Every clip came, in order, none lost or repeated, and clips kept coming after the kill.
+    records = clip_records(spec)
+    assert [r["file"] for r in records] == [f"clip-{n:05d}.png" for n in range(len(records))]
+    made = [(spec / r["file"]).stat().st_mtime for r in records]
+    assert sum(when > killed_at for when in made) >= 6
+    # The sound card played at a real clock's pace all along and never ran dry.
+    assert frames / RATE == pytest.approx(last - first, rel=0.1, abs=0.3)
+    assert short_reads == 0, f"the ring buffer ran dry {short_reads:g} times, first at {first_short / RATE:.2f} s"
+    summary = [line for line in stderr.splitlines() if line.startswith("riffstream: made ")]
+    assert len(summary) == 1 and "; 0 underruns" in summary[0], stderr
 
 
 def test_a_prompt_queued_mid_stream_reaches_later_clips(tiny_exported, tmp_path, cluster):

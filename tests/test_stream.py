@@ -12,7 +12,7 @@ from riffstream.errors import RiffstreamError
 from riffstream.planner import clips_for_duration
 from riffstream.sinks import AudioFileWriter
 from riffstream.spectrogram import SpectrogramParams
-from riffstream.stream import RingBuffer, Stream, StreamEnds, StreamOptions
+from riffstream.stream import ClipJob, LocalSource, RingBuffer, Stream, StreamEnds, StreamOptions, StreamStats
 
 WIDTH = 64  # 0.64-s clips: the tiny model paints one in a fraction of a second
 RATE = 44100
@@ -189,6 +189,61 @@ def test_stop_ends_every_thread_within_a_second(model, tmp_path):
         began = time.monotonic()
         assert stream.stop(timeout=1.0)
         assert time.monotonic() - began < 1.0
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("riffstream-")]
+
+
+def _job(index, steps=2):
+    from riffstream.planner import Clip
+    from riffstream.tempo import Slot
+
+    return ClipJob(Clip(index, "lofi", "jazz", index / 4, 1, 2), Slot(index, index * 48, 48), steps, 7.0, 0.75, None)
+
+
+def test_a_local_source_makes_its_jobs_in_order_and_drops_one_not_started(model):
+    source = LocalSource(model)
+    try:
+        slow, queued, dropped = source.submit(_job(0, steps=40)), source.submit(_job(1)), source.submit(_job(2))
+        deadline = time.monotonic() + 10
+        while not source.started(slow):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert not source.started(queued) and not source.started(dropped)
+        source.cancel(dropped)
+        first, second = source.collect(slow, 60), source.collect(queued, 60)
+        assert first is not None and second is not None and first.image.size == (WIDTH, 512)
+        assert first.denoise_seconds > second.denoise_seconds > 0 and first.decode_seconds > 0
+        assert source.collect(dropped, 0.5) is None and not source.started(dropped)
+        again = source.collect(source.submit(_job(0, steps=40)), 60)
+        assert np.array_equal(np.asarray(again.image), np.asarray(first.image))  # the same job, the same clip
+    finally:
+        source.close()
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("riffstream-d")]
+
+
+def test_a_stream_on_a_given_local_source_renders_what_it_renders_from_the_model(model, tmp_path):
+    _render(model, tmp_path / "model.wav", 2.0)
+    source = LocalSource(model)
+    try:
+        _render(source, tmp_path / "source.wav", 2.0)
+    finally:
+        source.close()
+    assert (tmp_path / "model.wav").read_bytes() == (tmp_path / "source.wav").read_bytes()
+
+
+def test_the_production_rate_falls_at_once_when_clips_stop_coming():
+    stats = StreamStats(started=100.0)
+    for n in range(1, 11):  # a clip of 0.5 s of audio every 0.25 s: twice real time
+        stats.arrived(0.5 * n, now=100.0 + 0.25 * n)
+    assert stats.production_rate(now=102.5) == pytest.approx(2.0)
+    # Then nothing for 6 s (a worker lost): the whole run's average still says 0.59x real time,
+    # the recent rate (the last 8 clips and the wait since) says 0.5, and the lower one is used.
+    assert stats.real_time_factor(now=108.5) == pytest.approx(5.0 / 8.5)
+    assert stats.production_rate(now=108.5) == pytest.approx(4.0 / 8.0)
+    # A burst after a slow start does not make it look faster than the whole run has been.
+    slow_start = StreamStats(started=0.0)
+    for n in range(1, 10):
+        slow_start.arrived(0.5 * n, now=30.0 + 0.01 * n)
+    assert slow_start.production_rate(now=30.1) == pytest.approx(slow_start.real_time_factor(now=30.1))
 
 
 def test_a_model_of_the_wrong_height_is_refused(tiny_model):

@@ -12,12 +12,13 @@ img2img share one compiled model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +100,21 @@ def resolve_precision(options: ModelOptions) -> str | None:
     return "f32"
 
 
+def compiled_cache(cache: Path, precision: str | None) -> Path:
+    """The folder of OpenVINO's compiled-model cache for models compiled at ``precision`` (None: the device's own).
+
+    OpenVINO 2026.4 leaves the precision hint out of a compiled blob's cache key: measured here,
+    a model compiled in f32 and then loaded in bf16 from one cache folder reused the f32 blob,
+    and on an AMX CPU every later load crashed (a segfault at the first UNet step). So each
+    precision gets a folder of its own, and ``--precision f32`` really is the exact path.
+    """
+    return cache / "ov_compiled" / (precision or "default")
+
+
 def _ov_config(options: ModelOptions, cache: Path, precision: str | None) -> dict:
     """OpenVINO properties: compiled-model cache, ``precision`` (None: the device's own), latency hint, CPU threads."""
     device = options.device.upper()
-    config: dict = {"CACHE_DIR": str(cache / "ov_compiled"), "PERFORMANCE_HINT": "LATENCY"}
+    config: dict = {"CACHE_DIR": str(compiled_cache(cache, precision)), "PERFORMANCE_HINT": "LATENCY"}
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
     if options.threads and device.startswith("CPU"):
@@ -111,6 +123,34 @@ def _ov_config(options: ModelOptions, cache: Path, precision: str | None) -> dic
         # machine (Ray workers) would all share core 0. With a thread count given, let the OS place them.
         config["ENABLE_CPU_PINNING"] = False
     return config
+
+
+@contextlib.contextmanager
+def compiling(cache: Path) -> Iterator[None]:
+    """Hold the compiled-model cache's lock while compiling, so one process at a time writes it.
+
+    OpenVINO writes a compiled blob in place and then changes its permissions; measured here,
+    three or four processes compiling the same model at once into an empty cache (Ray workers
+    on one machine, a server beside a render) made one of them fail to load ("cannot set
+    permissions: No such file or directory"). Under the lock the first process compiles and
+    writes the blob, and the others then read it from the cache, which is faster anyway. The
+    lock is an ``flock``, so a process that dies holding it lets go of it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; compiles there are not serialised
+        yield
+        return
+    folder = cache / "ov_compiled"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for blob in folder.glob("*.blob"):  # an earlier layout's, of unknown precision: unusable
+                blob.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class RiffusionModel:
@@ -170,24 +210,26 @@ class RiffusionModel:
         pipe.set_progress_bar_config(disable=True)
         # The image side stays f32: a spectrogram's pixels are its levels in dB, and a bf16 VAE
         # moved them by 15 of 255 levels on average where the bf16 UNet moved latents by under 1%.
-        exact = {**config, "INFERENCE_PRECISION_HINT": "f32"} if precision else config
+        exact = ({**config, "INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": str(compiled_cache(cache, "f32"))}
+                 if precision else config)
         for part in filter(None, (pipe.vae_decoder, pipe.vae_encoder)):
             part.ov_config = dict(exact)
         compiled_decoder = None
-        if decoder is not None:
-            import openvino as ov
+        with compiling(cache):
+            if decoder is not None:
+                import openvino as ov
 
-            core = ov.Core()
-            tiny = core.read_model(decoder)
-            tiny.reshape({0: [1, tiny.input(0).get_partial_shape()[1], options.height // 8, options.width // 8]})
-            compiled_decoder = core.compile_model(tiny, options.device.upper(), exact)
-        for part in (pipe.text_encoder, pipe.unet) + ((pipe.vae_decoder,) if decoder is None else ()):
-            part.compile()  # the VAE encoder compiles on first img2img use
-            if release_graphs:
-                # As in optimum's compile-only mode, the compiled model now answers for the graph:
-                # the IR's weights (memory-mapped, but resident once read) are let go, so the
-                # compiled model holds the only copy.
-                part.model = part.request
+                core = ov.Core()
+                tiny = core.read_model(decoder)
+                tiny.reshape({0: [1, tiny.input(0).get_partial_shape()[1], options.height // 8, options.width // 8]})
+                compiled_decoder = core.compile_model(tiny, options.device.upper(), exact)
+            for part in (pipe.text_encoder, pipe.unet) + ((pipe.vae_decoder,) if decoder is None else ()):
+                part.compile()  # the VAE encoder compiles on first img2img use
+                if release_graphs:
+                    # As in optimum's compile-only mode, the compiled model now answers for the graph:
+                    # the IR's weights (memory-mapped, but resident once read) are let go, so the
+                    # compiled model holds the only copy.
+                    part.model = part.request
         return cls(pipe, options, is_tiny=options.model == TINY_MODEL, decoder=compiled_decoder,
                    precision=precision or "the device's default")
 
@@ -217,6 +259,9 @@ class RiffusionModel:
         pixels = self._pipe.image_processor.preprocess(
             image.convert("RGB"), height=self.options.height, width=self.options.width
         )
+        if self._pipe.vae_encoder.request is None:  # its first use: compile it, one process at a time
+            with compiling(self.options.cache):
+                self._pipe.vae_encoder.compile()
         latents = retrieve_latents(self._pipe.vae.encode(pixels.float()), sample_mode="argmax")
         return (latents * self._pipe.vae.config.scaling_factor).numpy().astype(np.float32)
 

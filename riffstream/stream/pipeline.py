@@ -1,33 +1,32 @@
-"""The stream: model -> spectrogram images -> audio -> crossfade -> file and ring buffer -> sound card.
+"""The stream's pipeline: plan clips, have a clip source make them, join them into audio, hand it on.
 
-Four stages run at once, and this is the only module with threads:
+Three stages run at once, each a thread of the :class:`Stream`:
 
-1. **Producer** (thread): walks the :class:`~riffstream.planner.Journey`, lerping prompt
-   embeddings and slerping seed noise, and has the model's UNet denoise one clip's latents.
-2. **Decoder** (thread): the VAE decodes each clip's latents into a spectrogram image while
-   the UNet already denoises the next clip, so the UNet never waits for the decoder or the
-   audio stage (on a small CPU the two share the cores; on a GPU the audio stage is free).
-3. **Consumer** (thread): turns each image into audio and joins it to the previous clip
-   with :class:`~riffstream.stitch.ClipStitcher` (phase continued across the overlap,
+1. **Dispatcher**: walks the :class:`~riffstream.planner.Journey` (or timeline), plans each
+   clip as a :class:`~riffstream.stream.sources.ClipJob`, keeps a window of them in flight
+   on the :class:`~riffstream.stream.sources.ClipSource` (this process's model, or Ray
+   workers), and hands the made clips on in order. A prompt or setting change re-plans
+   the clips the source has not started.
+2. **Consumer**: turns each image into audio and joins it to the previous clip with
+   :class:`~riffstream.stitch.ClipStitcher` (phase continued across the overlap,
    correlation-aware equal-power crossfade, steady loudness), then writes it to every
-   :class:`~riffstream.sinks.Sink` (an output file, ...) and to the :class:`RingBuffer`
-   (:class:`StreamEnds` cuts the stream to its exact duration and fades its very edges).
-4. **Clock**: something that takes the ring buffer's audio at the pace it is heard. Either
-   the sound card (:class:`~riffstream.sinks.Player`, in PortAudio's thread: its callback
-   only copies from the ring buffer), or :class:`RealTimeClock` (a thread of its own), which
-   hands each block to live sinks such as :class:`~riffstream.sinks.broadcast.Broadcast`.
-   On underrun either plays silence and counts it.
+   :class:`~riffstream.sinks.Sink` (an output file, ...) and to the
+   :class:`~riffstream.stream.ring.RingBuffer` (:class:`~riffstream.stream.ring.StreamEnds`
+   cuts the stream to its exact duration and fades its very edges).
+3. **Clock**: something that takes the ring buffer's audio at the pace it is heard: the
+   sound card's :class:`~riffstream.sinks.Player` or a
+   :class:`~riffstream.stream.ring.RealTimeClock`. On underrun either plays silence and
+   counts it.
 
 The main thread (:meth:`Stream.run`) starts them, shows progress, decides when playing
 may start, and stops everything within a second on Ctrl-C or SIGTERM, leaving the
 output file valid with every finished clip in it. Only the consumer writes the file; once
-:meth:`Stream.stop` returns it writes no more, so the caller may close the file. A model
-call in progress cannot be interrupted: its thread is left to end on its own, unused.
+:meth:`Stream.stop` returns it writes no more, so the caller may close the file.
 
-When the model is slower than real time:
+When clips come slower than real time (the rate measured as they arrive, whatever makes them):
 
-* a finite ``duration`` starts playing only once the measured production rate says the
-  buffer will not run dry before the end (``prebuffer_s`` overrides that);
+* a finite ``duration`` starts playing only once that rate says the buffer will not run
+  dry before the end (``prebuffer_s`` overrides that);
 * endless play starts after the first clip and, whenever the buffer is about to run
   dry, **loops the last clip** (crossfaded, as Riffusion's web app held its last clip)
   until the next one is ready. The output file never contains these repeats.
@@ -36,14 +35,14 @@ When the model is slower than real time:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,10 +51,12 @@ import numpy as np
 from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
-from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, blend_embedding, lerp, parse_blend, slerp
+from riffstream.journal import FinishedClip
+from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, parse_blend
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher, overlap_frames
-from riffstream.journal import FinishedClip
+from riffstream.stream.ring import POLL, RingBuffer, StreamEnds
+from riffstream.stream.sources import ClipJob, ClipSource, MadeClip, clip_source, keep_overlap
 from riffstream.tempo import ClipLayout, LoopImages, Slot, beat_grid, check_bpm, clips_to_cover
 from riffstream.timeline import Timeline, TimelineJourney
 
@@ -73,284 +74,11 @@ EDGE_FADE = 0.01
 LOW_WATER = 1.0
 #: Most audio (seconds) the live ring buffer holds ahead of the player.
 MAX_AHEAD = 600.0
-#: Clips waiting between stages (latents for the decoder, images for the consumer).
+#: Made clips waiting for the consumer.
 QUEUE_CLIPS = 2
-#: How often (seconds) waiting threads look at the stop flag.
-POLL = 0.02
-#: Block the real-time clock hands to live sinks, seconds.
-CLOCK_BLOCK = 0.05
-#: A clock this far behind its schedule (seconds) starts a new one instead of rushing to catch up.
-CLOCK_SLIP = 1.0
+#: The production rate that play decisions use is measured over the last this many clips (and the wait since).
+RATE_CLIPS = 8
 
-
-class _Stopped(Exception):
-    """Raised inside the model's step callback to abandon a clip when the stream stops."""
-
-
-class StreamEnds:
-    """Gives the stream its exact length and click-free ends, block by block.
-
-    The first ``edge_fade`` samples fade in and the last fade out. ``push`` returns the
-    samples that are final so far, holding back ``edge_fade`` of them for a fade-out that
-    may still come; ``finish`` returns the rest. With ``total`` the output is exactly that
-    many samples long, and ends (with its fade-out) inside the push that reaches it.
-    """
-
-    def __init__(self, channels: int, edge_fade: int, total: int | None = None) -> None:
-        self.channels, self.edge_fade, self.total = channels, edge_fade, total
-        self._held: np.ndarray | None = None
-        self.emitted = 0
-        self.done = False
-
-    def _ramp(self, frames: int) -> np.ndarray:
-        return np.arange(1, frames + 1, dtype=np.float32) / np.float32(max(frames, 1))
-
-    def push(self, block: np.ndarray) -> np.ndarray:
-        """Add the next block (channels, n); returns the samples that are now final."""
-        block = np.atleast_2d(np.asarray(block, dtype=np.float32))
-        if self.done:
-            return np.zeros((self.channels, 0), np.float32)
-        if self._held is None:
-            body = block.copy()
-            fade = min(self.edge_fade, body.shape[1])
-            body[:, :fade] *= self._ramp(fade)
-        else:
-            body = np.concatenate([self._held, block], axis=1)
-        if self.total is not None and self.emitted + body.shape[1] >= self.total:
-            return self._end(body[:, : self.total - self.emitted])
-        split = max(0, body.shape[1] - self.edge_fade)
-        ready, self._held = body[:, :split], body[:, split:]
-        self.emitted += ready.shape[1]
-        return ready
-
-    def finish(self) -> np.ndarray:
-        """The held-back end, faded out; the stream is over after this."""
-        if self.done or self._held is None:
-            self.done = True
-            return np.zeros((self.channels, 0), np.float32)
-        return self._end(self._held)
-
-    def _end(self, tail: np.ndarray) -> np.ndarray:
-        tail = tail.copy()
-        fade = min(self.edge_fade, tail.shape[1])
-        if fade:
-            tail[:, tail.shape[1] - fade :] *= self._ramp(fade)[::-1]
-        self.emitted += tail.shape[1]
-        self._held, self.done = None, True
-        return tail
-
-
-def continuation_seed(previous_latents: np.ndarray, overlap: int, scale: int = 8) -> np.ndarray:
-    """The latents a continued clip starts from (img2img): the previous clip's latent columns
-    under its last ``overlap`` image columns, then those columns mirrored, tiled to the clip's
-    width, so the seed runs on without a jump and keeps the previous clip's sound.
-
-    Working on latents rather than on the decoded image spares a VAE encode per clip and
-    lets the producer start the next clip before the decoder has painted this one.
-    """
-    width = previous_latents.shape[-1]
-    columns = min(width, max(1, -(-overlap // scale)))
-    tail = previous_latents[..., width - columns :]
-    mirrored = np.concatenate([tail, tail[..., ::-1]], axis=-1)
-    repeats = -(-width // mirrored.shape[-1])
-    return np.ascontiguousarray(np.tile(mirrored, repeats)[..., :width])
-
-
-def keep_overlap(previous: Image.Image, image: Image.Image, overlap: int) -> Image.Image:
-    """``image`` with its first ``overlap`` columns replaced by the previous clip's last ones,
-    so that the two clips agree exactly where they are crossfaded."""
-    from PIL import Image
-
-    if not overlap:
-        return image
-    pixels = np.array(image.convert("RGB"))
-    before = np.asarray(previous.convert("RGB"))
-    pixels[:, :overlap] = before[:, before.shape[1] - overlap :]
-    return Image.fromarray(pixels)
-
-
-@dataclass(frozen=True)
-class ClipJob:
-    """One clip to make, as the stream planned it: what :func:`denoise_job` needs, and nothing of the stream.
-
-    ``init_image`` is the starting image (the init audio's or the tempo loop's); ``init_latents``
-    the continuation seed, which replaces it. Jobs pickle, so a remote worker can make them.
-    """
-
-    clip: Clip
-    slot: Slot
-    steps: int
-    guidance: float
-    strength: float
-    negative_prompt: str | None
-    init_image: Image.Image | None = None
-    init_latents: np.ndarray | None = None
-
-
-def denoise_job(model, job: ClipJob, encoded: dict | None = None,
-                on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """The latents of ``job``'s clip: prompt (or blend) embeddings lerped, seed noise slerped, and img2img
-    from its starting image if it has one. The local stream and Ray workers both run this, so a clip
-    is the same wherever it is made. ``encoded`` caches starting images' latents between calls."""
-    from riffstream.model import noise_for_seed
-
-    clip = job.clip
-    embeds = lerp(blend_embedding(model.encode_prompt, clip.prompt_a),
-                  blend_embedding(model.encode_prompt, clip.prompt_b), clip.alpha)
-    noise = slerp(noise_for_seed(clip.seed_a, model.latents_shape), noise_for_seed(clip.seed_b, model.latents_shape),
-                  clip.alpha)
-    init_latents = job.init_latents
-    if init_latents is None and job.init_image is not None:
-        encoded = {} if encoded is None else encoded
-        key = hashlib.sha1(job.init_image.tobytes()).hexdigest()
-        if key not in encoded:
-            if len(encoded) >= 64:
-                encoded.clear()
-            encoded[key] = model.encode_image(job.init_image)
-        init_latents = encoded[key]
-    return model.denoise(embeds, negative_embedding(model, clip, job.negative_prompt), noise, steps=job.steps,
-                         guidance=job.guidance, init_latents=init_latents, strength=job.strength, on_step=on_step)
-
-
-def negative_embedding(model, clip: Clip, negative_prompt: str | None) -> np.ndarray | None:
-    """A clip's negative embedding: its ends' (a timeline's) lerped, else ``negative_prompt``'s; None for none."""
-    if clip.negative_a is None and clip.negative_b is None:
-        return blend_embedding(model.encode_prompt, negative_prompt) if negative_prompt else None
-    ends = [blend_embedding(model.encode_prompt, text) if text else model.encode_prompt("")
-            for text in (clip.negative_a or negative_prompt, clip.negative_b or negative_prompt)]
-    return lerp(ends[0], ends[1], clip.alpha)
-
-
-class RingBuffer:
-    """A preallocated single-producer, single-consumer ring of float32 frames (frames, channels).
-
-    The writer (consumer thread) blocks while it is full; the reader (the audio callback)
-    never blocks, never allocates and takes no lock: each side only advances its own
-    counter, after copying, so the other side always sees whole frames.
-    """
-
-    def __init__(self, capacity: int, channels: int) -> None:
-        self.capacity, self.channels = capacity, channels
-        self._data = np.zeros((capacity, channels), np.float32)
-        self._written = 0
-        self._read = 0
-        #: Set by the writer once the stream has ended: running empty is then no underrun.
-        self.closed = False
-
-    @property
-    def available(self) -> int:
-        """Frames written and not yet read."""
-        return self._written - self._read
-
-    @property
-    def written(self) -> int:
-        """Frames written since the start."""
-        return self._written
-
-    def write(self, frames: np.ndarray, stop: threading.Event) -> bool:
-        """Append (n, channels) frames, waiting for room; False if ``stop`` was set first."""
-        done = 0
-        while done < len(frames):
-            room = self.capacity - self.available
-            if room == 0:
-                if stop.wait(POLL):
-                    return False
-                continue
-            start = self._written % self.capacity
-            n = min(room, len(frames) - done, self.capacity - start)
-            self._data[start : start + n] = frames[done : done + n]
-            self._written += n
-            done += n
-        return True
-
-    def read_into(self, out: np.ndarray) -> int:
-        """Copy up to ``len(out)`` frames into ``out``; returns how many (never waits)."""
-        n = min(len(out), self._written - self._read)
-        start = self._read % self.capacity
-        first = min(n, self.capacity - start)
-        out[:first] = self._data[start : start + first]
-        out[first:n] = self._data[: n - first]
-        self._read += n
-        return n
-
-
-class RealTimeClock:
-    """Takes audio from the ring buffer at real-time pace and hands it to live sinks, block by block.
-
-    The sound card's :class:`~riffstream.sinks.Player` without a sound card: it has the
-    same ``start``/``drain``/``close`` and ``underruns``, and its thread (started by
-    :meth:`start`) only copies from the ring and calls the sinks. Silence fills an
-    underrun, so listeners hear a steady stream; ``silence_frames`` counts it, which maps
-    ring frames to the clock's own time (:meth:`stream_frame`).
-    """
-
-    def __init__(self, source: RingBuffer, sample_rate: int, sinks: Sequence[Sink],
-                 block_seconds: float = CLOCK_BLOCK) -> None:
-        self.source, self.sample_rate, self.sinks = source, sample_rate, list(sinks)
-        self.block = np.zeros((max(1, round(block_seconds * sample_rate)), source.channels), np.float32)
-        self.underruns = 0
-        self.frames_out = 0
-        self.silence_frames = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="riffstream-clock", daemon=True)
-
-    @property
-    def stream_seconds(self) -> float:
-        """Audio handed to the sinks so far, seconds: the clock's own time."""
-        return self.frames_out / self.sample_rate
-
-    def stream_frame(self, ring_frame: int) -> int:
-        """The clock time (frames) at which ring frame ``ring_frame`` is heard, if no underrun comes first."""
-        return ring_frame + self.silence_frames
-
-    def start(self) -> None:
-        """Start handing out audio."""
-        self._thread.start()
-
-    def _run(self) -> None:
-        period = len(self.block) / self.sample_rate
-        due = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                copied = self.source.read_into(self.block)
-                if copied < len(self.block):
-                    if self.source.closed and self.source.available == 0:
-                        if copied:
-                            self._hand_out(self.block[:copied])
-                        break
-                    self.block[copied:] = 0
-                    self.underruns += 1
-                    self.silence_frames += len(self.block) - copied
-                self._hand_out(self.block)
-                due += period
-                late = time.monotonic() - due
-                if late > CLOCK_SLIP:
-                    due = time.monotonic()
-                elif late < 0:
-                    self._stop.wait(-late)
-        finally:
-            for sink in self.sinks:
-                sink.close()
-
-    def _hand_out(self, frames: np.ndarray) -> None:
-        audio = np.ascontiguousarray(frames.T)
-        for sink in self.sinks:
-            sink.write(audio)
-        self.frames_out += len(frames)
-
-    def drain(self, timeout: float = 60.0) -> None:
-        """Wait until the source has ended and everything in it has been handed out."""
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def close(self) -> None:
-        """Stop handing out audio and close the sinks (idempotent)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(1.0)
-        elif self._thread.ident is None:
-            for sink in self.sinks:
-                sink.close()
 
 
 @dataclass(frozen=True)
@@ -417,11 +145,29 @@ class StreamStats:
     decode_seconds: float = 0.0
     loops: int = 0
     finished: bool = False
+    #: (when, audio seconds made by then) as each of the last RATE_CLIPS + 1 clips arrived.
+    arrivals: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RATE_CLIPS + 1))
 
     def real_time_factor(self, now: float | None = None) -> float:
         """Seconds of audio made per second of wall time since generation began."""
         elapsed = (now or time.monotonic()) - self.started
         return self.audio_seconds / elapsed if elapsed > 0 else 0.0
+
+    def arrived(self, audio_seconds: float, now: float | None = None) -> None:
+        """Note that a clip has arrived, bringing the audio made so far to ``audio_seconds``."""
+        self.audio_seconds = audio_seconds
+        self.arrivals.append((now or time.monotonic(), audio_seconds))
+
+    def production_rate(self, now: float | None = None) -> float:
+        """Seconds of audio made per second lately: over the last clips and the wait since the newest,
+        so that it falls at once when clips stop coming (a worker lost, a slower machine). Never above
+        the whole run's rate, so that a lucky burst does not start playing too early."""
+        now = now or time.monotonic()
+        overall = self.real_time_factor(now)
+        if len(self.arrivals) < 2:
+            return overall
+        (first, made_then), (_, made_now) = self.arrivals[0], self.arrivals[-1]
+        return min(overall, (made_now - made_then) / (now - first)) if now > first else overall
 
 
 def crossfade_seconds(options: StreamOptions, clip_width: int) -> float:
@@ -476,7 +222,11 @@ def refuse_remote_continuation(options: StreamOptions) -> None:
 
 
 class Stream:
-    """One run of the stream: a model, options, sinks for the finished audio, and an optional clock.
+    """One run of the stream: a clip source, options, sinks for the finished audio, and an optional clock.
+
+    ``source`` makes the clips: a :class:`~riffstream.stream.sources.ClipSource` (a Ray pool,
+    say), or a loaded model, which the stream wraps in a
+    :class:`~riffstream.stream.sources.LocalSource` of its own and closes when it stops.
 
     ``sinks`` take the exact, finished audio (an :class:`~riffstream.sinks.AudioFileWriter`,
     or any :class:`~riffstream.sinks.Sink`); the stream writes to them and never closes
@@ -489,23 +239,27 @@ class Stream:
     first, in place of the model, so the sinks get exactly what they got the first time.
     """
 
-    def __init__(self, model, options: StreamOptions, sinks: Sequence[Sink] = (),
+    def __init__(self, source: ClipSource | object, options: StreamOptions, sinks: Sequence[Sink] = (),
                  player_factory: Callable[[RingBuffer], object] | None = None, journal: Journal | None = None,
                  finished: Sequence[FinishedClip] = ()) -> None:
         from riffstream.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
-        self.model = model
+        self.source, self._owns_source = clip_source(source)
         self.options = options
         self.params = options.params
         self.steps = options.steps or DEFAULT_STEPS
         self.guidance = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
         self.sinks = list(sinks)
-        self.clip_width = model.options.width
-        validate(options, self.clip_width)
-        if model.options.height != self.params.num_frequencies:
-            raise RiffstreamError(
-                f"the model paints {model.options.height}-pixel-high images, the spectrogram needs {self.params.num_frequencies}"
-            )
+        self.clip_width = self.source.options.width
+        try:
+            validate(options, self.clip_width)
+            if self.source.options.height != self.params.num_frequencies:
+                raise RiffstreamError(f"the model paints {self.source.options.height}-pixel-high images, "
+                                      f"the spectrogram needs {self.params.num_frequencies}")
+        except RiffstreamError:
+            if self._owns_source:
+                self.source.close()
+            raise
         rate = self.params.sample_rate
         self.clip_seconds = self.params.duration_of(self.clip_width)
         self.crossfade = crossfade_seconds(options, self.clip_width)
@@ -537,7 +291,6 @@ class Stream:
         self.on_clip: list[Callable[[ClipEvent], None]] = []
         self.next_clip = 0
         self.messages: queue.Queue[str] = queue.Queue()
-        self._latents: queue.Queue = queue.Queue(maxsize=QUEUE_CLIPS)
         self._images: queue.Queue = queue.Queue(maxsize=QUEUE_CLIPS)
         self._error: BaseException | None = None
         self._write_lock = threading.Lock()
@@ -550,15 +303,10 @@ class Stream:
                 ahead = max(options.max_ahead, (options.prebuffer or 0) + self.clip_seconds)
             self.ring = RingBuffer(round(min(ahead, MAX_AHEAD) * rate), self.params.channels)
             self.player = player_factory(self.ring)
-        #: A remote pool of workers (``submit``/``collect``/``cancel``, e.g. a RayPool) instead of a local model.
-        self.remote = hasattr(model, "submit")
-        if self.remote:
+        if not self.source.chains:
             refuse_remote_continuation(options)
-        makers = ([threading.Thread(target=self._guard, args=(self._dispatch,), name="riffstream-dispatch", daemon=True)]
-                  if self.remote else
-                  [threading.Thread(target=self._guard, args=(self._produce,), name="riffstream-producer", daemon=True),
-                   threading.Thread(target=self._guard, args=(self._decode,), name="riffstream-decoder", daemon=True)])
-        self._threads = makers + [
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._dispatch,), name="riffstream-dispatch", daemon=True),
             threading.Thread(target=self._guard, args=(self._consume,), name="riffstream-consumer", daemon=True),
         ]
 
@@ -571,20 +319,14 @@ class Stream:
             seconds = min(seconds, self.journey.left_at)
         return timeline.bpm_at(seconds)
 
-    # ------------------------------------------------------------------ producer
+    # ------------------------------------------------------------------ dispatcher
 
     def _guard(self, target: Callable[[], None]) -> None:
         try:
             target()
-        except _Stopped:
-            pass
         except BaseException as error:  # surfaced in the main thread by run()
             self._error = error
             self.stop_event.set()
-
-    def _check_stop(self, step: int, total: int) -> None:
-        if self.stop_event.is_set():
-            raise _Stopped
 
     def queue_prompt(self, text: str) -> None:
         """Queue a transition to ``text``, a prompt or blend (thread-safe; ignored when empty).
@@ -646,127 +388,105 @@ class Stream:
             if "negative_prompt" in change:
                 self.negative_prompt = change["negative_prompt"]
 
-    def _plan(self, index: int, previous_latents: np.ndarray | None) -> ClipJob:
-        """Plan clip ``index`` (after any change asked for): where it falls, what it is, what it starts from."""
+    def _plan(self, index: int, previous: MadeClip | None) -> ClipJob:
+        """Plan clip ``index`` (after any change asked for): where it falls, what it is, what it starts from.
+
+        ``previous`` is the clip before it, once made; a continued clip whose previous clip is still
+        being made starts from the latents its source made last.
+        """
         self._apply_changes(index)
         slot = self.layout.slot(index)
         clip = self.journey.clip(index, self.layout.centre(slot))
         self.next_clip = index + 1
         strength = self.options.strength if clip.strength is None else clip.strength
-        init_image = init_latents = None
+        init_image = None
         if slot.bpm is not None:
             init_image = self.loops.image(slot)
         elif self.options.init_image is not None:
             init_image = self.options.init_image
-        if self.options.continuation and previous_latents is not None:
-            init_latents = continuation_seed(previous_latents, self.overlap_columns, self.model.vae_scale_factor)
-        return ClipJob(clip, slot, self.steps, self.guidance, strength, self.negative_prompt, init_image, init_latents)
+        continues = self.options.continuation and index > 0
+        return ClipJob(clip, slot, self.steps, self.guidance, strength, self.negative_prompt, init_image,
+                       continue_overlap=self.overlap_columns if continues else 0,
+                       previous_latents=previous.latents if continues and previous is not None else None)
 
-    def _made_without_model(self, job: ClipJob) -> FinishedClip | None:
+    def _made_without_model(self, job: ClipJob) -> MadeClip | None:
         """A clip that needs no model: replayed from the journal being resumed, or its starting image as it is."""
         if job.clip.index < len(self.finished):
-            return self.finished[job.clip.index]
+            replayed = self.finished[job.clip.index]
+            return MadeClip(replayed.image, replayed.latents)
         if job.strength == 0 and job.init_image is not None:
-            return FinishedClip(job.init_image)
+            return MadeClip(job.init_image)
         return None
 
-    def _produce(self) -> None:
-        encoded: dict = {}
-        index = 0
-        previous = None
-        while not self.stop_event.is_set() and (self.total_clips is None or index < self.total_clips):
-            job = self._plan(index, previous)
-            ready = self._made_without_model(job)
-            if ready is not None:
-                if not self._put(self._latents, (job.clip, job.slot, ready.image, 0.0)):
-                    return
-                previous = ready.latents
-                index += 1
-                continue
-            began = time.monotonic()
-            marks = [began]
-            latents = denoise_job(self.model, job, encoded,
-                                  on_step=lambda i, n: (marks.append(time.monotonic()), self._check_stop(i, n)))
-            self.stats.denoise_seconds += marks[-1] - began
-            first = self.stats.denoise_span[0] if self.stats.denoise_span else began
-            self.stats.denoise_span = (first, marks[-1])
-            if not self._put(self._latents, (job.clip, job.slot, latents, marks[-1] - began)):
-                return
-            previous = latents
-            index += 1
-        self._put(self._latents, None)
+    def _change_waiting(self) -> bool:
+        return not self.prompt_queue.empty() or not self._changes.empty()
 
     def _dispatch(self) -> None:
-        """Remote clips: keep a window of jobs in flight on the pool and hand their images on in order.
+        """Keep a window of clips in flight on the source, and hand them on in order as they are made.
 
-        A prompt or setting change re-plans every clip not yet handed on: their work is
-        dropped and they are planned again with the change.
+        A prompt or setting change takes effect from the first clip the source has not started:
+        those clips are dropped and planned again with the change (a clip being made is kept, so a
+        slow model loses no work).
         """
-        from collections import deque
-
-        pool = self.model
-        in_flight: deque = deque()  # (job, handle or FinishedClip)
+        source = self.source
+        in_flight: deque[tuple[ClipJob, object]] = deque()  # (job, handle, or the MadeClip that needs no model)
         index = 0
-        while not self.stop_event.is_set():
-            if in_flight and (not self.prompt_queue.empty() or not self._changes.empty()):
-                for job, handle in in_flight:
-                    if not isinstance(handle, FinishedClip):
-                        pool.cancel(handle)
-                index = in_flight[0][0].clip.index
-                self.journey.rewind(index, self.layout.centre(self.layout.slot_of(index - 1)) if index else None)
-                self.layout.rewind(index)
-                in_flight.clear()
-            while len(in_flight) < pool.window and (self.total_clips is None or index < self.total_clips):
-                job = self._plan(index, None)
-                in_flight.append((job, self._made_without_model(job) or pool.submit(job)))
-                index += 1
-            if not in_flight:
-                break
-            job, handle = in_flight[0]
-            if isinstance(handle, FinishedClip):
-                made = (handle.image, 0.0)
-            else:
-                made = pool.collect(handle, POLL)
+        handed: MadeClip | None = None  # the clip handed on last
+        try:
+            while not self.stop_event.is_set():
+                if in_flight and self._change_waiting():
+                    index = self._replan(in_flight, index)
+                while len(in_flight) < source.window and (self.total_clips is None or index < self.total_clips):
+                    before = in_flight[-1][1] if in_flight else handed
+                    job = self._plan(index, before if isinstance(before, MadeClip) else None)
+                    in_flight.append((job, self._made_without_model(job) or source.submit(job)))
+                    index += 1
+                if not in_flight:
+                    break
+                job, handle = in_flight[0]
+                made = handle if isinstance(handle, MadeClip) else source.collect(handle, POLL)
                 if made is None:
-                    if pool.overdue(handle):  # its worker is lost: send its clips to the others
-                        for n, (waiting, sent) in enumerate(in_flight):
-                            if not isinstance(sent, FinishedClip) and (n == 0 or pool.sent_to_suspect(sent)):
-                                pool.cancel(sent)
-                                in_flight[n] = (waiting, pool.submit(waiting))
                     continue
-            in_flight.popleft()
-            image, seconds = made
-            self.stats.denoise_seconds += seconds
-            if not self._put(self._images, (job.clip, job.slot, image, None, seconds)):
-                return
+                in_flight.popleft()
+                if self.options.continuation and handed is not None:
+                    made = replace(made, image=keep_overlap(handed.image, made.image, self.overlap_columns))
+                self._count(made)
+                latents = made.latents if self.options.continuation else None
+                if not self._put(self._images, (job.clip, job.slot, made.image, latents, made.model_seconds)):
+                    return
+                handed = made
+        finally:
+            for _, handle in in_flight:
+                if not isinstance(handle, MadeClip):
+                    source.cancel(handle)
         self._put(self._images, None)
 
-    # ------------------------------------------------------------------ decoder
+    def _replan(self, in_flight: deque, index: int) -> int:
+        """Drop the clips in flight that the source has not started, rewind the plan to the first of them,
+        and return the index to plan next."""
+        kept = 0
+        while kept < len(in_flight) and (isinstance(in_flight[kept][1], MadeClip)
+                                         or self.source.started(in_flight[kept][1])):
+            kept += 1
+        if kept == len(in_flight):
+            return index
+        index = in_flight[kept][0].clip.index
+        while len(in_flight) > kept:
+            _, handle = in_flight.pop()
+            if not isinstance(handle, MadeClip):
+                self.source.cancel(handle)
+        self.journey.rewind(index, self.layout.centre(self.layout.slot_of(index - 1)) if index else None)
+        self.layout.rewind(index)
+        return index
 
-    def _decode(self) -> None:
-        previous = None
-        while (item := self._get(self._latents)) is not None:
-            clip, slot, latents, denoise_seconds = item
-            began = time.monotonic()
-            image = latents if not isinstance(latents, np.ndarray) else self.model.decode(latents)
-            decode_seconds = time.monotonic() - began
-            self.stats.decode_seconds += decode_seconds
-            if self.options.continuation and previous is not None:
-                image = keep_overlap(previous, image, self.overlap_columns)
-            kept = latents if self.options.continuation and isinstance(latents, np.ndarray) else None
-            if not self._put(self._images, (clip, slot, image, kept, denoise_seconds + decode_seconds)):
-                return
-            previous = image
-        self._put(self._images, None)
-
-    def _get(self, source: queue.Queue):
-        """The next item, or None once the stream stops (or the stage before has ended)."""
-        while not self.stop_event.is_set():
-            try:
-                return source.get(timeout=POLL)
-            except queue.Empty:
-                continue
-        return None
+    def _count(self, made: MadeClip) -> None:
+        """Add what the model spent on ``made`` to the stream's figures."""
+        stats = self.stats
+        stats.denoise_seconds += made.denoise_seconds
+        stats.decode_seconds += made.decode_seconds
+        if made.denoise_span is not None:
+            first = stats.denoise_span[0] if stats.denoise_span else made.denoise_span[0]
+            stats.denoise_span = (first, made.denoise_span[1])
 
     def _put(self, target: queue.Queue, item) -> bool:
         while not self.stop_event.is_set():
@@ -801,7 +521,7 @@ class Stream:
                             and self.ring.available < LOW_WATER * rate):
                         if not told_looping:
                             self.messages.put(
-                                f"the model makes {self.stats.real_time_factor():.2f} s of audio per second: "
+                                f"the model makes {self.stats.production_rate():.2f} s of audio per second: "
                                 "looping the last clip until the next one is ready"
                             )
                             told_looping = True
@@ -831,7 +551,7 @@ class Stream:
                     break
                 last_image, last_clip, last_overlap = image, clip, overlap
                 self.stats.clips += 1
-                self.stats.audio_seconds = to_file.emitted / rate
+                self.stats.arrived(to_file.emitted / rate)
                 if self.stats.first_audio is None:
                     self.stats.first_audio = time.monotonic() - self.stats.started
         finally:
@@ -896,7 +616,7 @@ class Stream:
             return ahead >= self.options.prebuffer
         if self.options.duration is None:
             return True
-        rate = stats.real_time_factor()
+        rate = stats.production_rate()
         remaining = self.options.duration - stats.audio_seconds
         clip_time = self.clip_seconds / rate if rate > 0 else math.inf
         # Production at `rate` while playing at 1: the buffer's low point is at the end.
@@ -904,7 +624,7 @@ class Stream:
         return ahead >= needed
 
     def start(self) -> None:
-        """Start the producer, decoder and consumer threads."""
+        """Start the dispatcher and consumer threads."""
         if self.options.save_spectrograms is not None:
             self.options.save_spectrograms.mkdir(parents=True, exist_ok=True)
         self.stats.started = time.monotonic()
@@ -915,8 +635,9 @@ class Stream:
         """Stop every thread and the player; True if all ended within ``timeout`` seconds.
 
         The consumer is joined first, as it flushes the last finished audio to the file; after
-        this returns nothing more is written, so the file can be closed even if a thread is
-        still inside a model call (which cannot be interrupted; it ends unused).
+        this returns nothing more is written, so the file can be closed even if the source is
+        still inside a model call (which cannot be interrupted; it ends unused). A source the
+        stream made (from a model) is closed; one it was given is its owner's to close.
         """
         self.stop_event.set()
         deadline = time.monotonic() + timeout
@@ -927,6 +648,8 @@ class Stream:
             self._writes_closed = True
         if self.player is not None:
             self.player.close()
+        if self._owns_source:
+            self.source.close(max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in self._threads)
 
     def poll(self) -> bool:
@@ -966,65 +689,3 @@ def _exif(params: SpectrogramParams):
     exif = Image.Exif()
     exif.update(params.to_exif())
     return exif
-
-
-def read_prompts(stream: Stream, fd: int = 0, on_typing: Callable[[str], None] | None = None) -> threading.Thread | None:
-    """Queue each line typed on ``fd`` (stdin) as a transition, from a daemon thread.
-
-    Reads the raw descriptor with ``select`` so it never blocks shutdown; a closed,
-    missing or finished stdin just ends the thread. Each line sent is also put in
-    ``stream.messages`` (``next: 'text'``), so it is shown on a line of its own at once.
-    ``on_typing(text)`` gets the line being typed after every keystroke, with backspace
-    applied, for a terminal whose own echo is off. Returns the thread, or None when
-    ``fd`` cannot be read.
-    """
-    import os
-    import select
-
-    try:
-        os.fstat(fd)
-    except OSError:
-        return None
-
-    def reader() -> None:
-        pending = b""
-        while not stream.stop_event.is_set():
-            try:
-                ready, _, _ = select.select([fd], [], [], 0.1)
-                if not ready:
-                    continue
-                chunk = os.read(fd, 4096)
-            except (OSError, ValueError):
-                return
-            if not chunk:
-                return
-            pending += chunk.replace(b"\r", b"\n")
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                text = typed_text(line).strip()
-                if text:
-                    try:
-                        stream.queue_prompt(text)
-                        stream.messages.put(f"next: {text!r}")
-                    except RiffstreamError as error:
-                        stream.messages.put(f"ignored {text!r}: {error}")
-            if on_typing is not None:
-                on_typing(typed_text(pending))
-
-    thread = threading.Thread(target=reader, name="riffstream-prompts", daemon=True)
-    thread.start()
-    return thread
-
-
-def typed_text(keys: bytes) -> str:
-    """The text a run of keystrokes leaves: backspace deletes a character, Ctrl-U the whole line."""
-    text: list[str] = []
-    for char in keys.decode("utf-8", "ignore"):
-        if char in "\x7f\b":
-            if text:
-                text.pop()
-        elif char == "\x15":
-            text.clear()
-        elif char.isprintable():
-            text.append(char)
-    return "".join(text)

@@ -2,9 +2,10 @@
 
 Once planned (prompt embeddings lerped, seed noise slerped, clip by clip), the clips of a
 stream are independent, so they can be made anywhere at once and joined in order. The
-stream plans each clip exactly as it does locally, as a :class:`~riffstream.stream.ClipJob`,
-and sends it to a worker. The worker runs the same :func:`~riffstream.stream.denoise_job`
-and decode as the local stream and returns the spectrogram's pixels.
+stream plans each clip exactly as it does locally, as a :class:`~riffstream.stream.sources.ClipJob`,
+and sends it to a worker. The worker runs the same :func:`~riffstream.stream.sources.denoise_job`
+and decode as the local source and returns the spectrogram's pixels. :class:`RayPool` is
+a :class:`~riffstream.stream.sources.ClipSource`, like the local one.
 
 Workers return images rather than latents because decoding is the costliest part after
 the UNet (the VAE decoder is 2.5 TFLOP a clip): it belongs beside the model, and the
@@ -12,9 +13,11 @@ machine that stitches then needs no model at all. An image is 768 KB of uint8 pi
 a 512 x 512 clip (its 64 x 64 latents would be 64 KB).
 
 Faults are Ray's to handle: a worker that dies mid-clip is restarted (``max_restarts``)
-and its clip retried (``max_task_retries``), on its node or any other with room.
-Results are taken by clip, in order, so nothing is lost or repeated. This module holds
-no threads; the stream's dispatcher drives it.
+and its clip retried (``max_task_retries``), on its node or any other with room. A worker
+lost with no room to restart (its node gone) would hold its clips for ever, so a clip
+long overdue is sent again to the others. Results are taken by clip, in order, so
+nothing is lost or repeated. This module holds no threads; the stream's dispatcher
+drives it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import os
 import socket
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from riffstream.errors import RiffstreamError, SourceLost
+from riffstream.stream.sources import ClipJob, MadeClip
 
 #: A clip not back after this many times the usual clip time (and at least OVERDUE_FLOOR seconds) marks its
 #: worker as lost: its clips are sent again to the others. Ray restarts a dead worker only where there is room;
@@ -59,9 +63,9 @@ class ClipWorker:
         self.model = RiffusionModel.load(options, progress=False)
         self.encoded: dict = {}
 
-    def make(self, job) -> tuple[np.ndarray, float, int]:
+    def make(self, job: ClipJob) -> tuple[np.ndarray, float, int]:
         """(pixels (H, W, 3) uint8, seconds the model took, this worker's process id)."""
-        from riffstream.stream import denoise_job
+        from riffstream.stream.sources import denoise_job
 
         began = time.monotonic()
         image = self.model.decode(denoise_job(self.model, job, self.encoded))
@@ -72,8 +76,18 @@ class ClipWorker:
         return os.getpid()
 
 
+@dataclass(eq=False)
+class _Sent:
+    """A clip on its way: the job, the worker it went to, when, and Ray's reference to the result."""
+
+    job: ClipJob
+    worker: int
+    when: float
+    result: object = field(repr=False)
+
+
 class RayPool:
-    """Workers on a Ray cluster, for the stream to send clip jobs to.
+    """Workers on a Ray cluster, for the stream to send clip jobs to: a :class:`~riffstream.stream.sources.ClipSource`.
 
     ``address`` is a cluster to join (``ray://...``, ``HOST:PORT`` or ``auto``); None starts a
     local one unless ``RAY_ADDRESS`` names one. ``workers`` actors are made (default: one per
@@ -112,9 +126,11 @@ class RayPool:
         self._next = 0
         #: Clips in flight at once: enough to keep every worker busy while the next result travels.
         self.window = 2 * self.workers
+        #: Its workers make clips side by side, so a clip cannot continue the one before.
+        self.chains = False
         self._checked = time.monotonic()
         self.lost = False
-        self._sent: dict = {}  # handle -> (worker number, when sent)
+        self._sent: list[_Sent] = []  # clips on their way, oldest first
         self._took: list[float] = []  # recent clip times, seconds
         self._suspects: set[int] = set()  # workers whose clips are overdue
 
@@ -128,59 +144,80 @@ class RayPool:
         except ray.exceptions.RayError as error:
             raise RiffstreamError(f"a Ray worker cannot load the model: {_first_line(error)}") from None
 
-    def submit(self, job):
+    def submit(self, job: ClipJob) -> _Sent:
         """Start making ``job``'s clip on the next worker not thought lost; a handle for :meth:`collect`."""
         live = [n for n in range(len(self._actors)) if n not in self._suspects] or list(range(len(self._actors)))
         number = live[self._next % len(live)]
         self._next += 1
-        handle = self._actors[number].make.remote(job)
-        self._sent[handle] = (number, time.monotonic())
-        return handle
+        sent = _Sent(job, number, time.monotonic(), self._actors[number].make.remote(job))
+        self._sent.append(sent)
+        return sent
 
-    def overdue(self, handle) -> bool:
-        """Whether ``handle``'s clip is so late that its worker is taken as lost (its clips should go elsewhere)."""
-        number, sent = self._sent.get(handle, (None, time.monotonic()))
-        usual = sorted(self._took)[len(self._took) // 2] if self._took else 0.0
-        if time.monotonic() - sent <= max(OVERDUE_FLOOR, OVERDUE_FACTOR * usual):
+    def started(self, handle: _Sent) -> bool:
+        """Whether the clip is being made: a worker makes its clips one at a time, in the order sent, so
+        the oldest one it holds is the one it is making (unless the worker is thought lost)."""
+        if handle.worker in self._suspects:
             return False
-        if number is not None and len(self._suspects) + 1 < len(self._actors):
-            self._suspects.add(number)
-        return True
+        return next((sent for sent in self._sent if sent.worker == handle.worker), None) is handle
 
-    def sent_to_suspect(self, handle) -> bool:
-        """Whether ``handle``'s clip went to a worker now thought lost."""
-        return self._sent.get(handle, (None, 0.0))[0] in self._suspects
+    def collect(self, handle: _Sent, timeout: float) -> MadeClip | None:
+        """The clip once made, else None after ``timeout`` seconds.
 
-    def collect(self, handle, timeout: float):
-        """(image, model seconds) once ``handle``'s clip is made, else None after ``timeout`` seconds.
-
-        A cluster that has gone away is a one-line RiffstreamError.
+        A clip so late that its worker must be lost is sent again, with every other clip that worker
+        holds, to the others. A cluster that has gone away is a :class:`SourceLost` error.
         """
         from PIL import Image
 
         ray = _ray()
-        done, _ = ray.wait([handle], timeout=timeout)
+        done, _ = ray.wait([handle.result], timeout=timeout)
         if not done:
             if time.monotonic() - self._checked > HEALTH_EVERY:
                 self._checked = time.monotonic()
                 self._check_cluster()
+            if self._overdue(handle):
+                lost = [handle] + [sent for sent in self._sent if sent.worker in self._suspects and sent is not handle]
+                for sent in lost:
+                    self._send_again(sent)
             return None
         try:
-            pixels, seconds, _ = ray.get(handle)
+            pixels, seconds, _ = ray.get(handle.result)
         except ray.exceptions.RayError as error:
             raise SourceLost(f"the Ray cluster could not make a clip: {_first_line(error)}") from None
-        number, sent = self._sent.pop(handle, (None, 0.0))
-        self._took = (self._took + [time.monotonic() - sent])[-32:]
-        self._suspects.discard(number)  # it answers after all
-        return Image.fromarray(pixels), seconds
+        self._forget(handle)
+        self._took = (self._took + [time.monotonic() - handle.when])[-32:]
+        self._suspects.discard(handle.worker)  # it answers after all
+        return MadeClip(Image.fromarray(pixels), denoise_seconds=seconds)
 
-    def cancel(self, handle) -> None:
+    def cancel(self, handle: _Sent) -> None:
         """Drop a clip no longer wanted (a queued job is cancelled; a running one finishes unused)."""
-        self._sent.pop(handle, None)
+        self._forget(handle)
         try:
-            _ray().cancel(handle)
+            _ray().cancel(handle.result)
         except Exception:  # cancelling is best effort: the result is dropped either way
             pass
+
+    def _overdue(self, handle: _Sent) -> bool:
+        """Whether ``handle``'s clip is so late that its worker is taken as lost."""
+        usual = sorted(self._took)[len(self._took) // 2] if self._took else 0.0
+        if time.monotonic() - handle.when <= max(OVERDUE_FLOOR, OVERDUE_FACTOR * usual):
+            return False
+        if len(self._suspects) + 1 < len(self._actors):
+            self._suspects.add(handle.worker)
+        return True
+
+    def _send_again(self, handle: _Sent) -> None:
+        """Send ``handle``'s job to a worker not thought lost, in place (the first copy is dropped)."""
+        try:
+            _ray().cancel(handle.result)
+        except Exception:  # best effort: a lost worker's copy never comes back anyway
+            pass
+        self._forget(handle)
+        fresh = self.submit(handle.job)
+        handle.worker, handle.when, handle.result = fresh.worker, fresh.when, fresh.result
+        self._sent[-1] = handle
+
+    def _forget(self, handle: _Sent) -> None:
+        self._sent = [sent for sent in self._sent if sent is not handle]
 
     def _check_cluster(self) -> None:
         """SourceLost if the cluster's head no longer answers (asking Ray would block until it gives up)."""

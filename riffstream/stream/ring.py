@@ -1,0 +1,211 @@
+"""Where finished audio waits to be heard: the ring buffer, the clock that empties it, and the stream's exact ends.
+
+The consumer thread writes the stream's audio into a :class:`RingBuffer`; a clock takes it
+out at the pace it is heard: the sound card's :class:`~riffstream.sinks.Player` (its
+callback only copies from the ring) or, with no sound card, a :class:`RealTimeClock`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from riffstream.sinks import Sink
+
+#: How often (seconds) a writer waiting for room looks at the stop flag.
+POLL = 0.02
+#: Block the real-time clock hands to live sinks, seconds.
+CLOCK_BLOCK = 0.05
+#: A clock this far behind its schedule (seconds) starts a new one instead of rushing to catch up.
+CLOCK_SLIP = 1.0
+
+
+class StreamEnds:
+    """Gives the stream its exact length and click-free ends, block by block.
+
+    The first ``edge_fade`` samples fade in and the last fade out. ``push`` returns the
+    samples that are final so far, holding back ``edge_fade`` of them for a fade-out that
+    may still come; ``finish`` returns the rest. With ``total`` the output is exactly that
+    many samples long, and ends (with its fade-out) inside the push that reaches it.
+    """
+
+    def __init__(self, channels: int, edge_fade: int, total: int | None = None) -> None:
+        self.channels, self.edge_fade, self.total = channels, edge_fade, total
+        self._held: np.ndarray | None = None
+        self.emitted = 0
+        self.done = False
+
+    def _ramp(self, frames: int) -> np.ndarray:
+        return np.arange(1, frames + 1, dtype=np.float32) / np.float32(max(frames, 1))
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Add the next block (channels, n); returns the samples that are now final."""
+        block = np.atleast_2d(np.asarray(block, dtype=np.float32))
+        if self.done:
+            return np.zeros((self.channels, 0), np.float32)
+        if self._held is None:
+            body = block.copy()
+            fade = min(self.edge_fade, body.shape[1])
+            body[:, :fade] *= self._ramp(fade)
+        else:
+            body = np.concatenate([self._held, block], axis=1)
+        if self.total is not None and self.emitted + body.shape[1] >= self.total:
+            return self._end(body[:, : self.total - self.emitted])
+        split = max(0, body.shape[1] - self.edge_fade)
+        ready, self._held = body[:, :split], body[:, split:]
+        self.emitted += ready.shape[1]
+        return ready
+
+    def finish(self) -> np.ndarray:
+        """The held-back end, faded out; the stream is over after this."""
+        if self.done or self._held is None:
+            self.done = True
+            return np.zeros((self.channels, 0), np.float32)
+        return self._end(self._held)
+
+    def _end(self, tail: np.ndarray) -> np.ndarray:
+        tail = tail.copy()
+        fade = min(self.edge_fade, tail.shape[1])
+        if fade:
+            tail[:, tail.shape[1] - fade :] *= self._ramp(fade)[::-1]
+        self.emitted += tail.shape[1]
+        self._held, self.done = None, True
+        return tail
+
+
+
+class RingBuffer:
+    """A preallocated single-producer, single-consumer ring of float32 frames (frames, channels).
+
+    The writer (consumer thread) blocks while it is full; the reader (the audio callback)
+    never blocks, never allocates and takes no lock: each side only advances its own
+    counter, after copying, so the other side always sees whole frames.
+    """
+
+    def __init__(self, capacity: int, channels: int) -> None:
+        self.capacity, self.channels = capacity, channels
+        self._data = np.zeros((capacity, channels), np.float32)
+        self._written = 0
+        self._read = 0
+        #: Set by the writer once the stream has ended: running empty is then no underrun.
+        self.closed = False
+
+    @property
+    def available(self) -> int:
+        """Frames written and not yet read."""
+        return self._written - self._read
+
+    @property
+    def written(self) -> int:
+        """Frames written since the start."""
+        return self._written
+
+    def write(self, frames: np.ndarray, stop: threading.Event) -> bool:
+        """Append (n, channels) frames, waiting for room; False if ``stop`` was set first."""
+        done = 0
+        while done < len(frames):
+            room = self.capacity - self.available
+            if room == 0:
+                if stop.wait(POLL):
+                    return False
+                continue
+            start = self._written % self.capacity
+            n = min(room, len(frames) - done, self.capacity - start)
+            self._data[start : start + n] = frames[done : done + n]
+            self._written += n
+            done += n
+        return True
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Copy up to ``len(out)`` frames into ``out``; returns how many (never waits)."""
+        n = min(len(out), self._written - self._read)
+        start = self._read % self.capacity
+        first = min(n, self.capacity - start)
+        out[:first] = self._data[start : start + first]
+        out[first:n] = self._data[: n - first]
+        self._read += n
+        return n
+
+
+class RealTimeClock:
+    """Takes audio from the ring buffer at real-time pace and hands it to live sinks, block by block.
+
+    The sound card's :class:`~riffstream.sinks.Player` without a sound card: it has the
+    same ``start``/``drain``/``close`` and ``underruns``, and its thread (started by
+    :meth:`start`) only copies from the ring and calls the sinks. Silence fills an
+    underrun, so listeners hear a steady stream; ``silence_frames`` counts it, which maps
+    ring frames to the clock's own time (:meth:`stream_frame`).
+    """
+
+    def __init__(self, source: RingBuffer, sample_rate: int, sinks: Sequence[Sink],
+                 block_seconds: float = CLOCK_BLOCK) -> None:
+        self.source, self.sample_rate, self.sinks = source, sample_rate, list(sinks)
+        self.block = np.zeros((max(1, round(block_seconds * sample_rate)), source.channels), np.float32)
+        self.underruns = 0
+        self.frames_out = 0
+        self.silence_frames = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="riffstream-clock", daemon=True)
+
+    @property
+    def stream_seconds(self) -> float:
+        """Audio handed to the sinks so far, seconds: the clock's own time."""
+        return self.frames_out / self.sample_rate
+
+    def stream_frame(self, ring_frame: int) -> int:
+        """The clock time (frames) at which ring frame ``ring_frame`` is heard, if no underrun comes first."""
+        return ring_frame + self.silence_frames
+
+    def start(self) -> None:
+        """Start handing out audio."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        period = len(self.block) / self.sample_rate
+        due = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                copied = self.source.read_into(self.block)
+                if copied < len(self.block):
+                    if self.source.closed and self.source.available == 0:
+                        if copied:
+                            self._hand_out(self.block[:copied])
+                        break
+                    self.block[copied:] = 0
+                    self.underruns += 1
+                    self.silence_frames += len(self.block) - copied
+                self._hand_out(self.block)
+                due += period
+                late = time.monotonic() - due
+                if late > CLOCK_SLIP:
+                    due = time.monotonic()
+                elif late < 0:
+                    self._stop.wait(-late)
+        finally:
+            for sink in self.sinks:
+                sink.close()
+
+    def _hand_out(self, frames: np.ndarray) -> None:
+        audio = np.ascontiguousarray(frames.T)
+        for sink in self.sinks:
+            sink.write(audio)
+        self.frames_out += len(frames)
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait until the source has ended and everything in it has been handed out."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Stop handing out audio and close the sinks (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(1.0)
+        elif self._thread.ident is None:
+            for sink in self.sinks:
+                sink.close()
