@@ -1,6 +1,7 @@
 """Shared fixtures. One tiny random-weight model is exported per test session and reused."""
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,11 @@ import pytest
 from tests.jack import jack_server  # noqa: F401 (a fixture: a private JACK server for live play)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The tests stop commands with SIGINT, as a terminal's Ctrl-C does. A shell starts a background
+# job with SIGINT ignored, and the commands would inherit that: give them the default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TINY_SIZE = 128
 """Clip size (pixels) the shared tiny model is compiled for: small, so each step is milliseconds."""

@@ -4,7 +4,7 @@
 IR folder and compiles it through optimum-intel's ``OVStableDiffusionPipeline`` with
 OpenVINO's compiled-model cache (``CACHE_DIR``) on, so a second start neither exports nor
 compiles. Then it encodes prompts, denoises latents and decodes them to spectrogram images:
-the pieces a morphing producer needs, with cached prompt embeddings, explicit starting
+the pieces a morphing clip source needs, with cached prompt embeddings, explicit starting
 noise, negative embeddings that really reach the UNet, img2img, and a per-step callback.
 The denoising loop is the diffusers one, run on the OpenVINO components, so txt2img and
 img2img share one compiled model.
@@ -154,7 +154,7 @@ def compiling(cache: Path) -> Iterator[None]:
 
 
 class RiffusionModel:
-    """A compiled Riffusion pipeline on OpenVINO, with the generation API the producer needs."""
+    """A compiled Riffusion pipeline on OpenVINO, with the generation API a clip source needs."""
 
     def __init__(self, pipe, options: ModelOptions, is_tiny: bool, decoder=None, precision: str = "f32"):
         self._pipe = pipe

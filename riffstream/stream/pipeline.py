@@ -251,15 +251,10 @@ class Stream:
         self.guidance = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
         self.sinks = list(sinks)
         self.clip_width = self.source.options.width
-        try:
-            validate(options, self.clip_width)
-            if self.source.options.height != self.params.num_frequencies:
-                raise RiffstreamError(f"the model paints {self.source.options.height}-pixel-high images, "
-                                      f"the spectrogram needs {self.params.num_frequencies}")
-        except RiffstreamError:
-            if self._owns_source:
-                self.source.close()
-            raise
+        validate(options, self.clip_width)
+        if self.source.options.height != self.params.num_frequencies:
+            raise RiffstreamError(f"the model paints {self.source.options.height}-pixel-high images, "
+                                  f"the spectrogram needs {self.params.num_frequencies}")
         rate = self.params.sample_rate
         self.clip_seconds = self.params.duration_of(self.clip_width)
         self.crossfade = crossfade_seconds(options, self.clip_width)

@@ -43,7 +43,7 @@ def continuation_seed(previous_latents: np.ndarray, overlap: int, scale: int = 8
     width, so the seed runs on without a jump and keeps the previous clip's sound.
 
     Working on latents rather than on the decoded image spares a VAE encode per clip and
-    lets the producer start the next clip before the decoder has painted this one.
+    lets the denoiser start the next clip before the decoder has painted this one.
     """
     width = previous_latents.shape[-1]
     columns = min(width, max(1, -(-overlap // scale)))
@@ -212,11 +212,12 @@ class LocalSource:
         self._latest: np.ndarray | None = None  # the latents made last, for a continued clip
         self._threads = [threading.Thread(target=self._denoise, name="riffstream-denoiser", daemon=True),
                          threading.Thread(target=self._decode, name="riffstream-decoder", daemon=True)]
-        for thread in self._threads:
-            thread.start()
 
     def submit(self, job: ClipJob) -> _Ticket:
-        """Queue ``job``; it is made after every job submitted before it."""
+        """Queue ``job``; it is made after every job submitted before it. The threads start with the first job."""
+        if self._threads[0].ident is None:
+            for thread in self._threads:
+                thread.start()
         ticket = _Ticket(job)
         self._jobs.put(ticket)
         return ticket
@@ -243,7 +244,8 @@ class LocalSource:
         self._closed.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _next(self, source: queue.Queue):
         while not self._closed.is_set():
