@@ -8,6 +8,8 @@ cores (2 here). Each worker count renders the same clips through the real stream
 - time to first audio (workers already loaded);
 - the cost of a worker death: one worker is SIGKILLed mid-render (Ray restarts it and
   retries its clip), and the longest gap between clips is set against the usual one;
+- the same death while playing at a real clock's pace (a ``RealTimeClock``, as a sound card
+  would take the audio): how much silence the listener got, and how long playing waited;
 - resume overhead: replaying journalled clips through the stitcher, per finished clip,
   against the time the model took to make one.
 
@@ -34,7 +36,7 @@ from riffstream.journal import Journal  # noqa: E402
 from riffstream.model import ModelOptions, RiffusionModel  # noqa: E402
 from riffstream.stream.raypool import RayPool  # noqa: E402
 from riffstream.sinks import AudioFileWriter  # noqa: E402
-from riffstream.stream import Stream, StreamOptions  # noqa: E402
+from riffstream.stream import RealTimeClock, Stream, StreamOptions  # noqa: E402
 
 WIDTH = 512
 
@@ -44,11 +46,13 @@ def _options(clips: int, steps: int) -> StreamOptions:
 
 
 def render(source, options: StreamOptions, out: Path, kill_after: int | None = None, pids=(), journal=None,
-           finished=()) -> dict:
-    """Render through the stream from ``source`` (a model or a pool); arrival times of clips."""
+           finished=(), live: bool = False) -> dict:
+    """Render through the stream from ``source`` (a model or a pool), played at real-time pace if ``live``;
+    arrival times of clips."""
     arrivals: list[float] = []
     with AudioFileWriter(out, 44100, 1) as writer:
-        stream = Stream(source, options, [writer], journal=journal, finished=finished)
+        clock = (lambda ring: RealTimeClock(ring, 44100, [])) if live else None
+        stream = Stream(source, options, [writer], clock, journal=journal, finished=finished)
 
         def arrived(event) -> None:
             arrivals.append(time.monotonic())
@@ -59,8 +63,12 @@ def render(source, options: StreamOptions, out: Path, kill_after: int | None = N
         began = time.monotonic()
         stream.run()
         ended = time.monotonic()
-    return {"seconds": ended - began, "first": arrivals[0] - began, "arrivals": arrivals,
-            "audio": stream.stats.audio_seconds, "clips": stream.total_clips}
+    result = {"seconds": ended - began, "first": arrivals[0] - began, "arrivals": arrivals,
+              "audio": stream.stats.audio_seconds, "clips": stream.total_clips}
+    if live:
+        result.update(silence=stream.player.silence_frames / 44100, loops=stream.stats.loops,
+                      waited=ended - began - stream.player.stream_seconds)
+    return result
 
 
 def main() -> None:
@@ -102,6 +110,15 @@ def main() -> None:
     print(f"worker death: longest gap {max(gaps):.2f} s against a usual {usual:.2f} s: {stall:.2f} s of stall; "
           f"{death['clips']} clips, none lost", flush=True)
 
+    pool = RayPool(model_options, workers=2)
+    pids = pool.wait_ready()
+    try:
+        heard = render(pool, options, folder / "heard.wav", kill_after=3, pids=pids, live=True)
+    finally:
+        pool.close()
+    print(f"worker death while playing: {heard['silence']:.2f} s of silence heard, playing waited "
+          f"{heard['waited']:.2f} s in all (start included)", flush=True)
+
     model = RiffusionModel.load(model_options, progress=False)
     out = folder / "resume.wav"
     from riffstream.journal import journal_folder
@@ -124,6 +141,7 @@ def main() -> None:
         "speedup_2_over_1": round(speedup, 3),
         "first_audio_s": {str(k): v["first_audio_s"] for k, v in results.items()},
         "worker_death_stall_s": round(stall, 2), "usual_gap_s": round(usual, 2),
+        "worker_death_playing": {"silence_s": round(heard["silence"], 2), "wait_s": round(heard["waited"], 2)},
         "resume_overhead_s_per_clip": round(per_clip, 3), "model_s_per_clip_local": round(model_per_clip, 2),
         "targets": {"speedup_2_over_1": 1.7},
         **info,

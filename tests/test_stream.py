@@ -246,6 +246,28 @@ def test_the_production_rate_falls_at_once_when_clips_stop_coming():
     assert slow_start.production_rate(now=30.1) == pytest.approx(slow_start.real_time_factor(now=30.1))
 
 
+def test_endless_live_play_stays_a_few_clips_ahead_of_the_listener(model):
+    """A model faster than real time does not run a minute ahead: a typed prompt is heard within
+    three clips (0.64 s each here; at least the 2.64 s that looping the last clip needs)."""
+    from riffstream.stream import RealTimeClock
+
+    stream = Stream(model, StreamOptions(prompts=("lofi",), seed=1, steps=1),
+                    player_factory=lambda ring: RealTimeClock(ring, RATE, []))
+    stream.start()
+    try:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            assert stream.poll()
+            time.sleep(0.05)
+        made, heard = stream.stats.audio_seconds, stream.player.stream_seconds
+    finally:
+        stream.stop()
+    limit = stream.ring.capacity / RATE
+    assert limit == pytest.approx(2.64, abs=0.01)
+    assert heard > 3.0  # it played at a real clock's pace all along
+    assert made - heard <= limit + 3 * 0.48 + 0.5, (made, heard)  # the ring, and the made clips waiting for it
+
+
 def test_a_model_of_the_wrong_height_is_refused(tiny_model):
     with pytest.raises(RiffstreamError, match="pixel-high"):
         Stream(tiny_model, StreamOptions(prompts=("a",)))

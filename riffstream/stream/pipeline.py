@@ -74,6 +74,9 @@ EDGE_FADE = 0.01
 LOW_WATER = 1.0
 #: Most audio (seconds) the live ring buffer holds ahead of the player.
 MAX_AHEAD = 600.0
+#: Endless live play keeps at most this many clips of audio ahead of the listener, as Riffusion's app kept
+#: three clips: a typed prompt is heard that much sooner, and looping the last clip still rides out a stall.
+LIVE_AHEAD_CLIPS = 3
 #: Made clips waiting for the consumer.
 QUEUE_CLIPS = 2
 #: The production rate that play decisions use is measured over the last this many clips (and the wait since).
@@ -125,8 +128,9 @@ class StreamOptions:
     duration: float | None = None
     save_spectrograms: Path | None = None
     prebuffer: float | None = None
-    #: Most audio (seconds) live play buffers ahead of the listener; None: a minute or more. Less makes
-    #: typed prompts heard sooner, more rides out a slow model longer.
+    #: Most audio (seconds) live play buffers ahead of the listener; None: three clips for endless play, the
+    #: whole render (a minute at least) for a finite one. Less makes typed prompts heard sooner, more rides
+    #: out a stall without looping the last clip.
     max_ahead: float | None = None
     params: SpectrogramParams = field(default_factory=SpectrogramParams)
 
@@ -293,7 +297,11 @@ class Stream:
         self.ring: RingBuffer | None = None
         self.player = None
         if player_factory is not None:
-            ahead = max(60.0, (options.duration or 0) + self.clip_seconds, (options.prebuffer or 0) + self.clip_seconds)
+            if options.duration is not None:  # room for the whole render, so production may run ahead freely
+                ahead = max(60.0, options.duration + self.clip_seconds)
+            else:
+                ahead = max(LIVE_AHEAD_CLIPS * self.clip_seconds, 2 * LOW_WATER + self.clip_seconds)
+            ahead = max(ahead, (options.prebuffer or 0) + self.clip_seconds)
             if options.max_ahead is not None:
                 ahead = max(options.max_ahead, (options.prebuffer or 0) + self.clip_seconds)
             self.ring = RingBuffer(round(min(ahead, MAX_AHEAD) * rate), self.params.channels)
