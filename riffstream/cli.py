@@ -128,7 +128,8 @@ def _subcommand_parser() -> argparse.ArgumentParser:
                           help="target loudness, true peaks under -1 dBTP; 'off' keeps the image's level, "
                                "peak-limited (default: %(default)s)")
     to_audio.add_argument("--iterations", type=option_type(checks.ITERATIONS), default=DEFAULT_ITERATIONS, metavar="N",
-                          help="fast Griffin-Lim iterations after PGHI (default: %(default)s)")
+                          help="Griffin-Lim iterations after PGHI (default: %(default)s; a clip still far "
+                               "from consistent then gets up to 32)")
     to_audio.set_defaults(run=_image_to_audio)
     to_image = commands.add_parser("audio-to-image", help="turn audio into a Riffusion spectrogram image")
     to_image.add_argument("audio", help="audio file (WAV, FLAC, OGG, MP3, ...)")

@@ -1,37 +1,48 @@
 """Phase reconstruction: Riffusion spectrogram images back to audio.
 
 Riffusion's own converter solves a least-squares mel inversion, then runs 32 Griffin-Lim
-iterations from random phase with 17640-point FFTs. That costs about 7.5 s per 5.12-s
+iterations from random phase with 17640-point FFTs. That costs about 6 to 7 s per 5.12-s
 clip on two cores. This module gets the same magnitude faster and gives it better phase:
 
 1. **Mel to linear magnitude** with the minimum-norm least-squares solution (the same
    one ``torch.linalg.lstsq`` finds), as one cached pseudo-inverse and one matrix product.
-2. **A 4x smaller transform.** The 400-ms "padded" FFT only zero-pads a 100-ms window, so
-   every fourth bin of it is exactly the 4410-point DFT of the window. Reconstruction
-   works on that grid: the same signals, a quarter of the FFT work.
+2. **A lower working rate.** The image holds nothing above its top mel frequency
+   (10 kHz), so reconstruction runs at the lowest rate that keeps that band and the
+   image's hop and window whole numbers of samples (24.5 kHz for 44.1-kHz images), and
+   the result is resampled once at the end. Every FFT is about 0.55 times the size.
 3. **Phase-gradient heuristic integration (PGHI)** (Průša, Balazs & Søndergaard, 2017)
-   gives a starting phase from the magnitude alone: the phase's time derivative follows
-   from the magnitude's frequency slope and vice versa. It integrates along the paths
-   of largest magnitude; here that ordering is a maximum-bottleneck spanning tree found
-   by scipy's compiled minimum spanning tree, and the sums along it are done by pointer
-   jumping, so no Python loop runs per bin.
-4. **Fast Griffin-Lim** (Perraudin, Balazs & Søndergaard, 2013) refines it for a few
-   iterations. Only bins below the top mel frequency are touched, since all others are
-   zero.
+   gives a starting phase from the magnitude alone, on the window's own DFT grid (every
+   fourth bin of the padded one): the phase's time derivative follows from the
+   magnitude's frequency slope and vice versa. It integrates along the paths of largest
+   magnitude; here that ordering is a maximum-bottleneck spanning tree found by scipy's
+   compiled minimum spanning tree, and the sums along it are done by pointer jumping,
+   so no Python loop runs per bin.
+4. **Fast Griffin-Lim on the padded grid** (Perraudin, Balazs & Søndergaard, 2013). The
+   400-ms padded FFT zero-pads a 100-ms window, so its bins oversample each frame's
+   spectrum four times. Its magnitudes between the window's own bins constrain the
+   phase of their neighbours, and on sparse, tonal or soft music that is what PGHI and
+   Griffin-Lim on the window's grid alone cannot recover (several dB on some real
+   recordings). Iterations stop early once the spectrum stops becoming more consistent,
+   and go on longer, up to a cap, where it still pays.
 
-Everything is plain numpy/scipy, a pure function of (data, params).
+Everything is a pure function of (data, params). The iterations run on torch's FFT and
+elementwise kernels: on two cores they take about half the time of numpy's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
 import scipy.ndimage
+import scipy.signal
 import scipy.sparse
 import scipy.sparse.csgraph
+import torch
 from PIL import Image
 
 from riffstream.errors import RiffstreamError
@@ -44,26 +55,63 @@ from riffstream.spectrogram import (
     params_for_image,
 )
 
-#: Fast Griffin-Lim iterations after PGHI. Fidelity levels off past about 16.
-DEFAULT_ITERATIONS = 16
-#: Fast Griffin-Lim momentum (Perraudin et al. recommend 0.99).
-MOMENTUM = 0.99
+#: Fast Griffin-Lim iterations on the padded grid after PGHI, for a clip that converges
+#: steadily. Clips that stop improving stop sooner; see ``MAX_ITERATIONS``.
+DEFAULT_ITERATIONS = 12
+#: Accelerated Griffin-Lim's parameters (Peer, Lomp & Thiel, 2022): gamma = 1 with
+#: alpha = 0.99 is fast Griffin-Lim (Perraudin et al., 2013). Over fast Griffin-Lim these
+#: gained 0.26 dB on average at 16 iterations on real music.
+AGLA_ALPHA, AGLA_BETA, AGLA_GAMMA = 0.99, 1.1, 1.25
+#: Most iterations a clip that is still far from consistent gets, the level below which a
+#: clip counts as consistent (dB of the magnitude's energy), and how often that is checked.
+MAX_ITERATIONS = 32
+CONSISTENT_DB = -22.0
+CHECK_EVERY = 4
 #: Hann window constant of PGHI's Gaussian approximation (Průša et al., 2017), times length².
 PGHI_GAMMA = 0.25645
 #: Cells more than 40 dB below the loudest get no integrated phase (Griffin-Lim fills them in):
 #: on real music fidelity is within 0.1 dB of a 1e-5 floor, at a third of the cost.
 PGHI_TOLERANCE = 1e-2
+#: Headroom of the working rate's Nyquist frequency over the top mel frequency, for the
+#: resampler's transition band.
+NYQUIST_HEADROOM = 1.05
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: plans are cached singletons
 class _Plan:
     """Everything about a reconstruction that depends only on the params."""
 
-    n_fft: int  # reconstruction DFT length (the window length)
+    rate: int  # working sample rate
+    up: int  # output rate / working rate = up / down
+    down: int
+    n_fft: int  # the window's own DFT length (the window length at the working rate)
     hop: int
-    bins: int  # bins below the top mel frequency; the rest are silent
+    factor: int  # padded FFT length / window length
+    bins: int  # window-grid bins below the top mel frequency; the rest are silent
+    fine_bins: int  # padded-grid bins below the top mel frequency
     window: np.ndarray  # float32 (n_fft,)
-    inverse_mel: np.ndarray  # float32 (bins, mels): pseudo-inverse rows on the reconstruction grid
+    inverse_mel: scipy.sparse.csr_matrix  # float32 (fine_bins, mels): pseudo-inverse rows, padded grid
+    inverse_mel_window: scipy.sparse.csr_matrix  # the rows of the window's own grid
+
+    @property
+    def output_start(self) -> int:
+        """Output sample of the first frame's centre: where a clip's audio begins."""
+        return self.n_fft // 2 * self.up // self.down
+
+
+def working_rate(params: SpectrogramParams) -> int:
+    """The lowest rate p/q of the image's (q up to 24) that keeps its band and whole-sample
+    hop, window and padding; the image's own rate where none does."""
+    best = params.sample_rate
+    for q in range(2, 25):
+        for p in range(1, q):
+            rate = params.sample_rate * p / q
+            samples = [rate * ms / 1000 for ms in
+                       (params.step_size_ms, params.window_duration_ms, params.padded_duration_ms)]
+            if (rate == int(rate) and all(s == int(s) for s in samples) and samples[1] % 2 == 0
+                    and rate / 2 >= NYQUIST_HEADROOM * params.max_frequency and rate < best):
+                best = int(rate)
+    return best
 
 
 def _plan(params: SpectrogramParams) -> _Plan:
@@ -73,35 +121,56 @@ def _plan(params: SpectrogramParams) -> _Plan:
 
 @functools.lru_cache(maxsize=4)
 def _cached_plan(params: SpectrogramParams) -> _Plan:
-    filters = mel_filterbank(params)  # (mels, n_fft_padded // 2 + 1)
     ratio = params.n_fft / params.win_length
     if ratio != int(ratio):
         raise RiffstreamError("the padded duration must be a whole multiple of the window duration")
-    ratio = int(ratio)
+    rate = working_rate(params)
+    work = dataclasses.replace(params, sample_rate=rate)
+    # The mel filters on the working rate's padded grid are the image's, bin for bin, up to
+    # the top mel frequency: the bins are the same frequencies.
+    filters = mel_filterbank(work)  # (mels, n_fft_padded // 2 + 1)
     used = int(np.flatnonzero(filters.any(axis=0))[-1]) + 1
+    used = -(-used // int(ratio)) * int(ratio)  # whole groups of window-grid bins
     # Minimum-norm solution of filters @ linear = mel: the mel system has full row rank,
     # so pinv = Aᵀ (A Aᵀ)⁻¹ — a 512x512 solve instead of an SVD of the whole matrix.
     active = filters[:, :used]
     inverse = np.linalg.solve(active @ active.T, active).T  # (used, mels)
-    rows = inverse[::ratio]
+    # The pseudo-inverse is nearly banded: entries under 1e-6 of its largest (97% of them)
+    # change no magnitude by more than 2e-6 of the largest, and dropping them makes the
+    # inversion a 4-ms sparse product instead of an 80-ms dense one.
+    inverse[np.abs(inverse) < 1e-6 * np.abs(inverse).max()] = 0.0
+    sparse = scipy.sparse.csr_matrix(inverse.astype(np.float32))
+    divisor = math.gcd(params.sample_rate, rate)
     return _Plan(
-        n_fft=params.win_length,
-        hop=params.hop_length,
-        bins=rows.shape[0],
-        window=hann_window(params.win_length).astype(np.float32),
-        inverse_mel=np.ascontiguousarray(rows, dtype=np.float32),
+        rate=rate,
+        up=params.sample_rate // divisor,
+        down=rate // divisor,
+        n_fft=work.win_length,
+        hop=work.hop_length,
+        factor=int(ratio),
+        bins=used // int(ratio),
+        fine_bins=used,
+        window=hann_window(work.win_length).astype(np.float32),
+        inverse_mel=sparse,
+        inverse_mel_window=sparse[:: int(ratio)],
     )
 
 
-def linear_from_mel(mel: np.ndarray, params: SpectrogramParams) -> np.ndarray:
-    """Linear magnitudes (channels, frames, bins) on the reconstruction grid, from mel (channels, mels, frames)."""
+def linear_from_mel(mel: np.ndarray, params: SpectrogramParams, padded: bool = False) -> np.ndarray:
+    """Linear magnitudes (channels, frames, bins) from mel (channels, mels, frames).
+
+    On the window's own 10-Hz grid by default, or on the padded FFT's four-times finer
+    grid with ``padded``; bins above the top mel frequency are left out.
+    """
     plan = _plan(params)
-    linear = np.matmul(plan.inverse_mel, mel.astype(np.float32, copy=False))  # (channels, bins, frames)
+    rows = plan.inverse_mel if padded else plan.inverse_mel_window
+    linear = np.stack([rows @ channel for channel in mel.astype(np.float32, copy=False)])  # (channels, bins, frames)
     return np.ascontiguousarray(np.maximum(linear, 0.0).transpose(0, 2, 1))
 
 
 def _stft(signal: np.ndarray, plan: _Plan, frames: int) -> np.ndarray:
-    """(channels, frames, bins) spectrum; frame m holds samples [m*hop, m*hop + n_fft)."""
+    """(channels, frames, bins) spectrum on the window's grid, at the working rate;
+    frame m holds samples [m*hop, m*hop + n_fft)."""
     windows = np.lib.stride_tricks.sliding_window_view(signal, plan.n_fft, axis=-1)[..., :: plan.hop, :][..., :frames, :]
     return np.ascontiguousarray(scipy.fft.rfft(windows * plan.window, axis=-1, workers=-1)[..., : plan.bins])
 
@@ -117,23 +186,6 @@ def _overlap_gain(plan: _Plan, frames: int) -> np.ndarray:
         total[block : block + frames] += part
     total = total.reshape(-1)[: (frames - 1) * plan.hop + plan.n_fft]
     return np.where(total > 1e-3 * total.max(), 1.0 / np.maximum(total, 1e-12), 0.0).astype(np.float32)
-
-
-def _istft(spectrum: np.ndarray, plan: _Plan) -> np.ndarray:
-    """Least-squares inverse of ``_stft``: (channels, frames, bins) to (channels, samples)."""
-    channels, frames, _ = spectrum.shape
-    segments = scipy.fft.irfft(spectrum, n=plan.n_fft, axis=-1, workers=-1).astype(np.float32, copy=False)
-    segments *= plan.window
-    blocks = -(-plan.n_fft // plan.hop)
-    if blocks * plan.hop != plan.n_fft:
-        segments = np.pad(segments, [(0, 0), (0, 0), (0, blocks * plan.hop - plan.n_fft)])
-    segments = segments.reshape(channels, frames, blocks, plan.hop)
-    # Overlap-add one hop-sized block at a time: `blocks` vectorised adds in all.
-    signal = np.zeros((channels, frames + blocks - 1, plan.hop), np.float32)
-    for block in range(blocks):
-        signal[:, block : block + frames] += segments[:, :, block]
-    gain = _overlap_gain(plan, frames)
-    return signal.reshape(channels, -1)[:, : gain.size] * gain
 
 
 def pghi_phase(magnitude: np.ndarray, params: SpectrogramParams, known_phase: np.ndarray | None = None) -> np.ndarray:
@@ -249,63 +301,153 @@ class Reconstruction:
     """A clip's audio and the complex spectrum it was made from."""
 
     audio: np.ndarray  # float32 (channels, frames * hop), sample n aligned with image column n / hop
-    spectrum: np.ndarray  # complex64 (channels, frames, bins) on the reconstruction grid
+    spectrum: np.ndarray  # complex64 (channels, frames, fine bins) on the padded grid, at the working rate
+    iterations: int = 0  # Griffin-Lim iterations run
+
+
+class _PaddedGrid:
+    """STFT pair on the padded grid, in torch: frame m is the window times samples
+    [m*hop, m*hop + n_fft) of the working-rate signal, zero-padded to ``factor * n_fft``."""
+
+    def __init__(self, plan: _Plan, channels: int, frames: int) -> None:
+        self.plan, self.frames = plan, frames
+        self.window = torch.from_numpy(plan.window)
+        self.gain = torch.from_numpy(_overlap_gain(plan, frames))
+        self.blocks = -(-plan.n_fft // plan.hop)
+        # The inverse FFT reads this buffer: bins above the band stay zero.
+        self.padded = torch.zeros(channels, frames, plan.factor * plan.n_fft // 2 + 1, dtype=torch.complex64)
+        # The forward FFT reads windowed frames from this one: the zero padding stays zero.
+        self.frames_padded = torch.zeros(channels, frames, plan.factor * plan.n_fft)
+
+    def inverse(self) -> torch.Tensor:
+        """Least-squares inverse STFT of ``self.padded``: (channels, samples)."""
+        plan, frames = self.plan, self.frames
+        segments = torch.fft.irfft(self.padded, n=plan.factor * plan.n_fft, dim=-1)[..., : plan.n_fft] * self.window
+        if self.blocks * plan.hop != plan.n_fft:
+            segments = torch.nn.functional.pad(segments, (0, self.blocks * plan.hop - plan.n_fft))
+        segments = segments.reshape(segments.shape[0], frames, self.blocks, plan.hop)
+        signal = torch.zeros(segments.shape[0], frames + self.blocks - 1, plan.hop)
+        for block in range(self.blocks):  # overlap-add: `blocks` vectorised adds in all
+            signal[:, block : block + frames] += segments[:, :, block]
+        return signal.reshape(segments.shape[0], -1)[:, : self.gain.numel()] * self.gain
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        """(channels, frames, fine bins) spectrum of a (channels, samples) signal."""
+        plan = self.plan
+        torch.mul(signal.unfold(-1, plan.n_fft, plan.hop)[:, : self.frames], self.window,
+                  out=self.frames_padded[..., : plan.n_fft])
+        return torch.fft.rfft(self.frames_padded, dim=-1)[..., : plan.fine_bins]
+
+    def impose(self, spectrum: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+        """Write ``spectrum``'s phase with ``magnitude`` into the inverse FFT's buffer, and
+        return |spectrum|² (computed on the real view: complex abs is four times slower)."""
+        parts = torch.view_as_real(spectrum)
+        power = torch.addcmul(parts[..., 0].square(), parts[..., 1], parts[..., 1])
+        scale = power.clamp_min(1e-30).rsqrt_().mul_(magnitude)
+        torch.mul(parts, scale.unsqueeze(-1), out=torch.view_as_real(self.padded)[..., : self.plan.fine_bins, :])
+        return power
 
 
 def griffin_lim(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramParams,
-                iterations: int = DEFAULT_ITERATIONS, momentum: float = MOMENTUM,
-                held_phase: np.ndarray | None = None) -> Reconstruction:
-    """Fast Griffin-Lim from a starting phase.
+                iterations: int = DEFAULT_ITERATIONS, held_phase: np.ndarray | None = None,
+                adaptive: bool = True) -> Reconstruction:
+    """Accelerated Griffin-Lim on the padded grid, from a starting phase.
 
-    ``held_phase`` (channels, k, bins), as unit complex numbers, pins the phase of the
-    first k frames, so the clip stays coherent with audio already played there.
+    ``magnitude`` and ``phase`` are (channels, frames, fine bins) on the padded grid, as
+    ``linear_from_mel(..., padded=True)`` gives. ``held_phase`` (channels, k, fine bins),
+    as unit complex numbers, pins the phase of the first k frames, so the clip stays
+    coherent with audio already played there.
+    """
+    target = torch.from_numpy(np.ascontiguousarray(magnitude, dtype=np.float32))
+    start = torch.polar(target, torch.from_numpy(np.ascontiguousarray(phase, dtype=np.float32)))
+    return _iterate(target, start, params, iterations, held_phase, adaptive)
+
+
+def _iterate(target: torch.Tensor, start: torch.Tensor, params: SpectrogramParams, iterations: int,
+             held_phase: np.ndarray | None, adaptive: bool) -> Reconstruction:
+    """The accelerated Griffin-Lim of Peer, Lomp & Thiel (2022), of which fast Griffin-Lim
+    is the case gamma = 1, from the start spectrum ``start`` (its magnitude is ignored).
+
+    With ``adaptive``, a clip whose spectrum is still far from consistent after
+    ``iterations`` (inconsistency above ``CONSISTENT_DB``) goes on, up to
+    ``MAX_ITERATIONS``: on real music those are the clips where more iterations pay.
     """
     plan = _plan(params)
-    frames = magnitude.shape[1]
-    held = 0 if held_phase is None else held_phase.shape[1]
-    estimate = np.empty(magnitude.shape, np.complex64)
-    estimate.real, estimate.imag = np.cos(phase, dtype=np.float32), np.sin(phase, dtype=np.float32)
-    estimate *= magnitude
-    previous = None
-    for _ in range(iterations):
-        if held:
-            estimate[:, :held] = held_phase
-        projected = _stft(_istft(_with_magnitude(estimate, magnitude), plan), plan, frames)
+    channels, frames, _ = target.shape
+    grid = _PaddedGrid(plan, channels, frames)
+    held = None if held_phase is None else torch.from_numpy(np.ascontiguousarray(held_phase, dtype=np.complex64))
+    energy = float(target.square().sum()) or 1.0
+    real = torch.view_as_real
+    estimate, smoothed, previous = start.clone(), None, None
+    done, cap = 0, (max(iterations, MAX_ITERATIONS) if adaptive and iterations > 0 else iterations)
+    while done < cap:
+        if held is not None:
+            estimate[:, : held.shape[1]] = held
+        grid.impose(estimate, target)
+        projected = grid.forward(grid.inverse())
+        done += 1
+        # The updates run on real views: torch's complex lerp is half as fast.
         if previous is None:
-            estimate = projected.copy()
-        else:  # estimate = projected + momentum * (projected - previous), without temporaries
-            np.subtract(projected, previous, out=estimate)
-            estimate *= np.float32(momentum)
-            estimate += projected
-        previous = projected
-    if held:
-        estimate[:, :held] = held_phase
-    spectrum = _with_magnitude(estimate, magnitude)
-    start = plan.n_fft // 2
-    return Reconstruction(audio=_istft(spectrum, plan)[:, start : start + frames * plan.hop], spectrum=spectrum)
+            current, smoothed = projected.clone(), projected.clone()
+            estimate.copy_(projected)
+        else:
+            current = torch.view_as_complex(torch.lerp(real(smoothed), real(projected), AGLA_GAMMA))
+            torch.lerp(real(previous), real(current), 1.0 + AGLA_BETA, out=real(smoothed))
+            torch.lerp(real(previous), real(current), 1.0 + AGLA_ALPHA, out=real(estimate))
+        previous = current
+        if done >= iterations and done % CHECK_EVERY == 0 and _inconsistency_db(projected, target, energy) < CONSISTENT_DB:
+            break
+    if held is not None:
+        estimate[:, : held.shape[1]] = held
+    grid.impose(estimate, target)
+    spectrum = grid.padded[..., : plan.fine_bins].clone().numpy()
+    return Reconstruction(audio=_to_output_rate(grid.inverse().numpy(), plan, frames, params),
+                          spectrum=spectrum, iterations=done)
 
 
-def _with_magnitude(spectrum: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
-    """Keep the phase of ``spectrum`` and impose ``magnitude``."""
-    scale = np.abs(spectrum)
-    np.maximum(scale, np.float32(1e-30), out=scale)
-    np.divide(magnitude, scale, out=scale)
-    return spectrum * scale
+def _inconsistency_db(projected: torch.Tensor, target: torch.Tensor, energy: float) -> float:
+    """How far a consistent spectrum's magnitude is from the target, in dB of its energy."""
+    error = float((projected.abs() - target).square().sum()) / energy
+    return 10 * math.log10(max(error, 1e-12))
+
+
+def _to_output_rate(signal: np.ndarray, plan: _Plan, frames: int, params: SpectrogramParams) -> np.ndarray:
+    """The image's span of a working-rate signal, at the image's sample rate."""
+    if plan.up != plan.down:
+        signal = scipy.signal.resample_poly(signal, plan.up, plan.down, axis=-1)
+    start = plan.output_start
+    return np.ascontiguousarray(signal[:, start : start + frames * params.hop_length], dtype=np.float32)
+
+
+def padded_spectrum(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramParams) -> torch.Tensor:
+    """The padded grid's spectrum (channels, frames, fine bins) of the signal a window-grid
+    spectrum makes: every fourth bin is the window grid's, the rest lie between."""
+    plan = _plan(params)
+    channels, frames, _ = magnitude.shape
+    grid = _PaddedGrid(plan, channels, frames)
+    coarse = torch.polar(torch.from_numpy(np.ascontiguousarray(magnitude, dtype=np.float32)),
+                         torch.from_numpy(np.ascontiguousarray(phase, dtype=np.float32)))
+    # Bin k of the window's DFT is bin factor*k of the padded one; the inverse FFT of the
+    # padded buffer with only those bins set is the window's inverse DFT over its length.
+    grid.padded[..., : plan.fine_bins : plan.factor] = coarse
+    return grid.forward(grid.inverse())
 
 
 def reconstruct(mel: np.ndarray, params: SpectrogramParams, iterations: int = DEFAULT_ITERATIONS,
                 lead_in: np.ndarray | None = None) -> Reconstruction:
     """Audio from mel magnitudes (channels, mels, frames).
 
-    ``lead_in`` is the spectrum (channels, k, bins) of the previous clip over this clip's
-    first k frames: their phase is continued instead of invented, so that where two clips
-    overlap they add up coherently.
+    ``lead_in`` is the spectrum (channels, k, fine bins) of the previous clip over this
+    clip's first k frames: their phase is continued instead of invented, so that where
+    two clips overlap they add up coherently.
     """
-    magnitude = linear_from_mel(mel, params)
+    plan = _plan(params)
+    magnitude = linear_from_mel(mel, params, padded=True)
+    window_grid = np.ascontiguousarray(magnitude[..., :: plan.factor])
+    known_phase = None if lead_in is None else np.angle(lead_in[..., :: plan.factor])
+    start = padded_spectrum(window_grid, pghi_phase(window_grid, params, known_phase), params)
     held_phase = None if lead_in is None else lead_in / np.maximum(np.abs(lead_in), 1e-30)
-    known_phase = None if lead_in is None else np.angle(lead_in)
-    phase = pghi_phase(magnitude, params, known_phase)
-    return griffin_lim(magnitude, phase, params, iterations, held_phase=held_phase)
+    return _iterate(torch.from_numpy(magnitude), start, params, iterations, held_phase, adaptive=True)
 
 
 def audio_from_mel(mel: np.ndarray, params: SpectrogramParams, iterations: int = DEFAULT_ITERATIONS) -> np.ndarray:
