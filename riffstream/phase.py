@@ -401,7 +401,10 @@ def _iterate(target: torch.Tensor, start: torch.Tensor, params: SpectrogramParam
         estimate[:, : held.shape[1]] = held
     grid.impose(estimate, target)
     spectrum = grid.padded[..., : plan.fine_bins].clone().numpy()
-    return Reconstruction(audio=_to_output_rate(grid.inverse().numpy(), plan, frames, params),
+    # The targets are magnitudes of the image's analysis window; the working rate's window
+    # has fewer samples, so its DFT of the same sound is smaller by that ratio.
+    level = np.float32(plan.n_fft / params.win_length)
+    return Reconstruction(audio=_to_output_rate(grid.inverse().numpy() * level, plan, frames, params),
                           spectrum=spectrum, iterations=done)
 
 

@@ -151,10 +151,12 @@ def music_or_skip(seconds: float, offset: float, track: str | Track = TRACKS[0])
         pytest.skip(str(error))
 
 
-def windows_as_images(music: np.ndarray, params, clips: int, overlap: int, width: int = 512) -> list:
+def windows_as_images(music: np.ndarray, params, clips: int, overlap: int, width: int = 512,
+                      level: bool = True) -> list:
     """``width``-column images of overlapping windows of ``music``, as the stream cuts its
-    clips: consecutive windows share ``overlap`` columns, and each image keeps its own EXIF
-    (its max value sets its loudness)."""
+    clips: consecutive windows share ``overlap`` columns. Each image keeps its own EXIF
+    (its max value sets its loudness), or with ``level=False`` carries none, as a
+    generated clip has no true level either."""
     from riffstream.spectrogram import audio_to_image
 
     step = (width - overlap) * params.hop_length
@@ -163,6 +165,7 @@ def windows_as_images(music: np.ndarray, params, clips: int, overlap: int, width
         window = music[index * step : index * step + width * params.hop_length]
         full = audio_to_image(window, params.sample_rate, params)
         image = full.crop((0, 0, width, full.height))
-        image.getexif().update(full.getexif())
+        if level:
+            image.getexif().update(full.getexif())
         images.append(image)
     return images

@@ -129,3 +129,9 @@ def test_no_worse_than_riffusions_converter_on_clips_it_used_to_lose(track: str,
     ours = spectral_convergence_db(music, image_to_audio(image))
     reference = spectral_convergence_db(music, reference_audio_from_mel(mel_from_image(image, PARAMS), PARAMS)[0])
     assert ours <= reference
+
+
+def test_a_clip_comes_out_at_the_level_its_image_records(music: np.ndarray) -> None:
+    audio = image_to_audio(audio_to_image(music, 44100))
+    rms = [np.sqrt(np.mean(signal[4410:-4410].astype(np.float64) ** 2)) for signal in (music[: audio.size], audio)]
+    assert abs(20 * np.log10(rms[1] / rms[0])) < 0.5
