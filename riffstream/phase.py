@@ -356,7 +356,8 @@ def griffin_lim(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramPar
     ``magnitude`` and ``phase`` are (channels, frames, fine bins) on the padded grid, as
     ``linear_from_mel(..., padded=True)`` gives. ``held_phase`` (channels, k, fine bins),
     as unit complex numbers, pins the phase of the first k frames, so the clip stays
-    coherent with audio already played there.
+    coherent with audio already played there. With ``adaptive``, a clip still far from
+    consistent after ``iterations`` goes on, up to ``MAX_ITERATIONS``.
     """
     target = torch.from_numpy(np.ascontiguousarray(magnitude, dtype=np.float32))
     start = torch.polar(target, torch.from_numpy(np.ascontiguousarray(phase, dtype=np.float32)))
