@@ -67,6 +67,10 @@ AGLA_ALPHA, AGLA_BETA, AGLA_GAMMA = 0.99, 1.1, 1.25
 MAX_ITERATIONS = 32
 CONSISTENT_DB = -22.0
 CHECK_EVERY = 4
+#: Past the usual count, iterations also stop once a check finds the inconsistency fell by
+#: less than this (dB) since the last: an image no signal can match (noise from an
+#: untrained model) stays about -3 dB off however long it runs.
+MIN_PROGRESS_DB = 0.05
 #: Hann window constant of PGHI's Gaussian approximation (Průša et al., 2017), times length².
 PGHI_GAMMA = 0.25645
 #: Cells more than 40 dB below the loudest get no integrated phase (Griffin-Lim fills them in):
@@ -370,8 +374,9 @@ def _iterate(target: torch.Tensor, start: torch.Tensor, params: SpectrogramParam
     is the case gamma = 1, from the start spectrum ``start`` (its magnitude is ignored).
 
     With ``adaptive``, a clip whose spectrum is still far from consistent after
-    ``iterations`` (inconsistency above ``CONSISTENT_DB``) goes on, up to
-    ``MAX_ITERATIONS``: on real music those are the clips where more iterations pay.
+    ``iterations`` (inconsistency above ``CONSISTENT_DB``) goes on while it still
+    improves, up to ``MAX_ITERATIONS``: on real music those are the clips where more
+    iterations pay.
     """
     plan = _plan(params)
     channels, frames, _ = target.shape
@@ -380,6 +385,7 @@ def _iterate(target: torch.Tensor, start: torch.Tensor, params: SpectrogramParam
     energy = float(target.square().sum()) or 1.0
     real = torch.view_as_real
     estimate, smoothed, previous = start.clone(), None, None
+    last_check = math.inf
     done, cap = 0, (max(iterations, MAX_ITERATIONS) if adaptive and iterations > 0 else iterations)
     while done < cap:
         if held is not None:
@@ -396,8 +402,11 @@ def _iterate(target: torch.Tensor, start: torch.Tensor, params: SpectrogramParam
             torch.lerp(real(previous), real(current), 1.0 + AGLA_BETA, out=real(smoothed))
             torch.lerp(real(previous), real(current), 1.0 + AGLA_ALPHA, out=real(estimate))
         previous = current
-        if done >= iterations and done % CHECK_EVERY == 0 and _inconsistency_db(projected, target, energy) < CONSISTENT_DB:
-            break
+        if done >= iterations and done % CHECK_EVERY == 0:
+            inconsistency = _inconsistency_db(projected, target, energy)
+            if inconsistency < CONSISTENT_DB or last_check - inconsistency < MIN_PROGRESS_DB:
+                break
+            last_check = inconsistency
     if held is not None:
         estimate[:, : held.shape[1]] = held
     grid.impose(estimate, target)

@@ -135,3 +135,16 @@ def test_a_clip_comes_out_at_the_level_its_image_records(music: np.ndarray) -> N
     audio = image_to_audio(audio_to_image(music, 44100))
     rms = [np.sqrt(np.mean(signal[4410:-4410].astype(np.float64) ** 2)) for signal in (music[: audio.size], audio)]
     assert abs(20 * np.log10(rms[1] / rms[0])) < 0.5
+
+
+def test_iterations_go_on_only_while_they_pay() -> None:
+    from PIL import Image
+
+    from riffstream.phase import DEFAULT_ITERATIONS, MAX_ITERATIONS, reconstruct
+
+    # Pixel noise, as an untrained model makes: no signal has that spectrogram, and more
+    # iterations do not bring one closer.
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512, 1), dtype=np.uint8).repeat(3, axis=2)
+    mel = mel_from_image(Image.fromarray(noise), PARAMS)
+    done = reconstruct(mel, PARAMS).iterations
+    assert DEFAULT_ITERATIONS <= done < MAX_ITERATIONS
