@@ -89,4 +89,3 @@ def test_clips_with_other_spectrogram_parameters_are_refused() -> None:
     image.getexif()[11040] = 256
     with pytest.raises(RiffstreamError, match="same spectrogram parameters"):
         stitcher.add(image)
-
