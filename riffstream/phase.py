@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 import scipy.ndimage
 import scipy.signal
 import scipy.sparse
@@ -170,13 +169,6 @@ def linear_from_mel(mel: np.ndarray, params: SpectrogramParams, padded: bool = F
     rows = plan.inverse_mel if padded else plan.inverse_mel_window
     linear = np.stack([rows @ channel for channel in mel.astype(np.float32, copy=False)])  # (channels, bins, frames)
     return np.ascontiguousarray(np.maximum(linear, 0.0).transpose(0, 2, 1))
-
-
-def _stft(signal: np.ndarray, plan: _Plan, frames: int) -> np.ndarray:
-    """(channels, frames, bins) spectrum on the window's grid, at the working rate;
-    frame m holds samples [m*hop, m*hop + n_fft)."""
-    windows = np.lib.stride_tricks.sliding_window_view(signal, plan.n_fft, axis=-1)[..., :: plan.hop, :][..., :frames, :]
-    return np.ascontiguousarray(scipy.fft.rfft(windows * plan.window, axis=-1, workers=-1)[..., : plan.bins])
 
 
 @functools.lru_cache(maxsize=16)
@@ -369,7 +361,7 @@ def griffin_lim(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramPar
 
 
 def _iterate(target: torch.Tensor, start: torch.Tensor, params: SpectrogramParams, iterations: int,
-             held_phase: np.ndarray | None, adaptive: bool) -> Reconstruction:
+             held_phase: np.ndarray | None, adaptive: bool, grid: _PaddedGrid | None = None) -> Reconstruction:
     """The accelerated Griffin-Lim of Peer, Lomp & Thiel (2022), of which fast Griffin-Lim
     is the case gamma = 1, from the start spectrum ``start`` (its magnitude is ignored).
 
@@ -435,9 +427,13 @@ def _to_output_rate(signal: np.ndarray, plan: _Plan, frames: int, params: Spectr
 def padded_spectrum(magnitude: np.ndarray, phase: np.ndarray, params: SpectrogramParams) -> torch.Tensor:
     """The padded grid's spectrum (channels, frames, fine bins) of the signal a window-grid
     spectrum makes: every fourth bin is the window grid's, the rest lie between."""
-    plan = _plan(params)
     channels, frames, _ = magnitude.shape
-    grid = _PaddedGrid(plan, channels, frames)
+    return _to_padded_grid(_PaddedGrid(_plan(params), channels, frames), magnitude, phase)
+
+
+def _to_padded_grid(grid: _PaddedGrid, magnitude: np.ndarray, phase: np.ndarray) -> torch.Tensor:
+    """:func:`padded_spectrum` in ``grid``'s buffers."""
+    plan = grid.plan
     coarse = torch.polar(torch.from_numpy(np.ascontiguousarray(magnitude, dtype=np.float32)),
                          torch.from_numpy(np.ascontiguousarray(phase, dtype=np.float32)))
     # Bin k of the window's DFT is bin factor*k of the padded one; the inverse FFT of the
@@ -458,9 +454,10 @@ def reconstruct(mel: np.ndarray, params: SpectrogramParams, iterations: int = DE
     magnitude = linear_from_mel(mel, params, padded=True)
     window_grid = np.ascontiguousarray(magnitude[..., :: plan.factor])
     known_phase = None if lead_in is None else np.angle(lead_in[..., :: plan.factor])
-    start = padded_spectrum(window_grid, pghi_phase(window_grid, params, known_phase), params)
+    grid = _PaddedGrid(plan, magnitude.shape[0], magnitude.shape[1])
+    start = _to_padded_grid(grid, window_grid, pghi_phase(window_grid, params, known_phase))
     held_phase = None if lead_in is None else lead_in / np.maximum(np.abs(lead_in), 1e-30)
-    return _iterate(torch.from_numpy(magnitude), start, params, iterations, held_phase, adaptive=True)
+    return _iterate(torch.from_numpy(magnitude), start, params, iterations, held_phase, adaptive=True, grid=grid)
 
 
 def audio_from_mel(mel: np.ndarray, params: SpectrogramParams, iterations: int = DEFAULT_ITERATIONS) -> np.ndarray:

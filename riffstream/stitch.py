@@ -12,9 +12,18 @@ ways:
    for the measured correlation ρ of the two overlapping signals: equal-power
    (cos/sin-like) for unrelated clips, equal-gain for coherent ones, so neither a dip nor
    a +3 dB bump marks the seam.
-3. **Steady loudness.** Each clip is brought to a target integrated loudness (ITU-R
-   BS.1770, via pyloudnorm; -14 LUFS by default) and a look-ahead limiter holds true
-   peaks below -1 dBTP. The new gain takes over during the crossfade, never as a step.
+3. **Level carried across seams.** Each image is normalised to its own maximum, so a
+   clip's level says nothing of the music's. Consecutive clips share the overlap, so the
+   ratio of their mel magnitudes there is the gain between them: the stream follows the
+   music's own rises and falls instead of forcing every clip to one loudness. Where the
+   two overlaps do not show the same sound (independently generated clips), the new clip
+   is matched to the loudness of the one before instead.
+4. **Loudness on a long time scale**, as broadcast loudness processors work: a slow gain
+   follower holds the integrated loudness (ITU-R BS.1770, via pyloudnorm; -14 LUFS by
+   default) of the last ``LOUDNESS_WINDOW`` seconds at the target, so changes slower than
+   that are levelled and faster ones kept. The gain glides across each clip's body and
+   is constant over its overlaps, so it never steps at a seam; a look-ahead limiter
+   holds true peaks below -1 dBTP.
 
 ``ClipStitcher`` is a plain object with no threads: the stream's consumer thread and the
 ``image-to-audio`` command both feed it images, so files and live play are stitched alike.
@@ -50,10 +59,17 @@ LIMITER_CEILING = TRUE_PEAK_CEILING - 0.2
 EDGE_GUARD = 0.05
 #: Look-ahead of the peak limiter, in seconds.
 LIMITER_LOOKAHEAD = 0.002
-#: How close to the target a clip's integrated loudness is brought, in LU.
-LOUDNESS_TOLERANCE = 0.25
-#: Most make-up gain added to restore loudness lost to limiting, in dB.
-MAX_MAKEUP_DB = 6.0
+#: Seconds of recent audio whose integrated loudness the gain follower holds at the target.
+LOUDNESS_WINDOW = 20.0
+#: Loudness range, in LU around the target, that one clip is brought into at most: a loud
+#: clip after a long quiet stretch is not raised far over the target, nor a quiet clip
+#: after a loud one sunk far under it.
+CLIP_LOUDNESS_RANGE = (-10.0, 3.0)
+#: Overlap cells more than 30 dB under the loudest are too coarsely quantised to compare.
+OVERLAP_FLOOR = 10 ** (-30 / 20)
+#: Two overlaps show the same sound when their loud cells' log ratio varies this little
+#: (median absolute deviation, nepers: about 1.7 dB); the 8-bit image alone adds under 0.05.
+SAME_SOUND = 0.2
 
 
 def overlap_frames(params: SpectrogramParams, crossfade: float) -> int:
@@ -132,7 +148,11 @@ class ClipStitcher:
         self._meter = pyloudnorm.Meter(self.params.sample_rate)
         self._tail: np.ndarray | None = None
         self._lead_in: np.ndarray | None = None
-        self._gain = 1.0
+        self._mel_tail: np.ndarray | None = None  # the last clip's mel over its closing overlap
+        self._contour = 1.0  # the last clip's gain relative to the first, from the overlaps
+        self._contour_rms = 0.0  # the last clip's RMS at that gain
+        self._history = np.zeros((self.params.channels, 0), np.float32)  # recent audio at contour gain
+        self._gain: float | None = None  # the follower's gain at the end of the last clip
         self.clips = 0
 
     def add(self, image: Image.Image, overlap_after: int | None = None) -> np.ndarray:
@@ -155,7 +175,9 @@ class ClipStitcher:
         lead_in = self._lead_in if self.continuity and before else None
         clip = reconstruct(mel, params, self.iterations, lead_in)
         self._lead_in = clip.spectrum[:, clip.spectrum.shape[1] - after :].copy() if after else None
-        audio = self._level(clip.audio)
+        audio = clip.audio * np.float32(self._carry_level(mel, clip.audio, before))
+        self._mel_tail = mel[..., mel.shape[-1] - after :] if after else None
+        audio = self._level(audio, before * self.params.hop_length, after * self.params.hop_length)
         body_end = audio.shape[-1] - after * self.params.hop_length
         if self._tail is None:
             ready = audio[:, :body_end]
@@ -170,31 +192,75 @@ class ClipStitcher:
     def finish(self) -> np.ndarray:
         """The held-back end of the last clip; the stitcher is then empty."""
         tail = self._tail if self._tail is not None else np.zeros((self.params.channels, 0), np.float32)
-        self._tail, self._lead_in = None, None
+        self._tail, self._lead_in, self._mel_tail = None, None, None
         return tail
 
-    def _level(self, audio: np.ndarray) -> np.ndarray:
-        """Bring the clip to the target loudness with its true peaks under the ceiling.
+    def _carry_level(self, mel: np.ndarray, audio: np.ndarray, before: int) -> float:
+        """This clip's gain relative to the stream's first clip.
 
-        Limiting lowers the loudness of peaky music, so make-up gain (at most
-        ``MAX_MAKEUP_DB``) is added and the clip limited again until it is within
-        ``LOUDNESS_TOLERANCE`` of the target. A silent clip keeps the previous gain.
+        Over the overlap both clips hold the same stretch of music, each scaled by its own
+        image maximum, so the median log ratio of their loud mel cells is the gain between
+        them. Where their overlaps do not show the same sound, the clip takes the level (RMS)
+        of the one before.
+        """
+        previous = self._mel_tail[..., self._mel_tail.shape[-1] - before :] if self._mel_tail is not None else None
+        if previous is None or not before:
+            contour = self._contour  # the first clip of a stream, or one after a gap
+        else:
+            contour = self._overlap_gain(previous, mel[..., :before])
+            if contour is None:
+                # Matched by RMS, not loudness: BS.1770's gate reads a very quiet clip as silence.
+                rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+                contour = self._contour_rms / rms if rms > 0 and self._contour_rms > 0 else self._contour
+        self._contour = contour
+        self._contour_rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) * contour
+        return contour
+
+    def _overlap_gain(self, previous: np.ndarray, current: np.ndarray) -> float | None:
+        """The contour gain that makes ``current`` match ``previous`` over their overlap, or
+        None where the two do not show the same sound (or too little of it to tell)."""
+        # A clip's outermost columns were analysed with its edge reflected into the window:
+        # only the overlap's middle holds the same sound in both clips.
+        edge = int(round(self.params.padded_duration_ms / 2 / self.params.step_size_ms))
+        if previous.shape != current.shape or previous.shape[-1] <= 2 * edge:
+            return None
+        previous, current = previous[..., edge:-edge], current[..., edge:-edge]
+        loud = (previous > OVERLAP_FLOOR * previous.max()) & (current > OVERLAP_FLOOR * current.max())
+        if loud.sum() < 64:
+            return None
+        log_ratio = np.log(previous[loud]) - np.log(current[loud])
+        middle = float(np.median(log_ratio))
+        if np.median(np.abs(log_ratio - middle)) > SAME_SOUND:
+            return None
+        return self._contour * float(np.exp(middle))
+
+    def _level(self, audio: np.ndarray, lead: int, tail: int) -> np.ndarray:
+        """Apply the slow loudness follower's gain, then limit true peaks.
+
+        The follower's gain makes the last ``LOUDNESS_WINDOW`` seconds (this clip's new
+        audio included) integrate to the target. It holds the previous clip's gain over
+        the first ``lead`` samples (the crossfade with that clip), glides in dB across the
+        body and holds the new gain over the last ``tail`` samples. A silent stretch keeps
+        the gain it had.
         """
         if self.loudness is None:
             return limit_peaks(audio, self.params.sample_rate, LIMITER_CEILING)
-        measured = self._loudness_of(audio)
-        if not np.isfinite(measured):
-            return limit_peaks(audio * np.float32(self._gain), self.params.sample_rate, LIMITER_CEILING)
-        base = 10 ** ((self.loudness - measured) / 20)
-        gain = base
-        for _ in range(4):
-            levelled = limit_peaks(audio * np.float32(gain), self.params.sample_rate, LIMITER_CEILING)
-            error = self.loudness - self._loudness_of(levelled)
-            if abs(error) <= LOUDNESS_TOLERANCE or gain >= base * 10 ** (MAX_MAKEUP_DB / 20):
-                break
-            gain = min(gain * 10 ** (error / 20), base * 10 ** (MAX_MAKEUP_DB / 20))
+        window = int(LOUDNESS_WINDOW * self.params.sample_rate)
+        self._history = np.concatenate([self._history, audio[:, lead:]], axis=1)[:, -window:]
+        recent, clip = self._loudness_of(self._history), self._loudness_of(audio)
+        gain = self._gain if self._gain is not None else 1.0
+        if np.isfinite(recent) and np.isfinite(clip):
+            low, high = (10 ** ((self.loudness + bound - clip) / 20) for bound in CLIP_LOUDNESS_RANGE)
+            gain = float(np.clip(10 ** ((self.loudness - recent) / 20), low, high))
+        start = self._gain if self._gain is not None else gain
         self._gain = gain
-        return levelled
+        glide = max(audio.shape[-1] - lead - tail, 1)
+        curve = np.concatenate([
+            np.full(lead, np.log(start)),
+            np.linspace(np.log(start), np.log(gain), glide, endpoint=False),
+            np.full(audio.shape[-1] - lead - glide, np.log(gain)),
+        ])
+        return limit_peaks(audio * np.exp(curve).astype(np.float32), self.params.sample_rate, LIMITER_CEILING)
 
     def _loudness_of(self, audio: np.ndarray) -> float:
         """Integrated loudness in LUFS; NaN for a clip shorter than BS.1770's 400-ms block."""

@@ -1,9 +1,11 @@
 """A small beat tracker for the tempo tests and benchmark: kick onsets, and a beat grid fitted to them.
 
-The kick (beats 1 and 3) is the only voice with its energy below 120 Hz. Its onsets are
-found as the peaks of the smoothed low-band energy, which survive the spectrogram's
-100-ms window intact (the snare's do not: Griffin-Lim smears them by tens of ms), and
-sit a fixed 5 ms after the hit. The tempo is the least-squares slope of onset times
+The kick (beats 1 and 3) is the only voice with its energy below 120 Hz. Its onset is the
+moment its low-band envelope rises through half of the hit's peak. The envelope is the
+analytic signal's (Hilbert) power, which has none of the ripple at twice the kick's pitch
+that short-frame energy has. The peak itself is not used: after limiting, a kick's peak is
+a plateau, and which ripple crest tops it moved with 1 dB of gain, by up to 17 ms. The
+half-rise point moves by about 1 ms. The tempo is the least-squares slope of onset times
 against their beat numbers.
 """
 
@@ -12,21 +14,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.ndimage
 import scipy.signal
 
 FRAME = 64  # samples per energy frame: 1.45 ms at 44.1 kHz
 
 
 def kick_onsets(audio: np.ndarray, sample_rate: int, min_gap: float) -> np.ndarray:
-    """Times (seconds) of the energy peaks below 120 Hz, at least ``min_gap`` seconds apart."""
+    """Times (seconds) at which each kick's envelope below 120 Hz rises through half of its
+    peak; kicks are at least ``min_gap`` seconds apart."""
     mono = np.atleast_2d(np.asarray(audio, np.float64)).mean(axis=0)
     low = scipy.signal.sosfiltfilt(scipy.signal.butter(4, 120, fs=sample_rate, output="sos"), mono)
     frames = len(low) // FRAME
-    energy = scipy.ndimage.uniform_filter1d((low[: frames * FRAME].reshape(frames, FRAME) ** 2).mean(axis=1), 5)
-    peaks, _ = scipy.signal.find_peaks(energy, distance=max(1, int(min_gap * sample_rate / FRAME)),
-                                       prominence=0.1 * energy.max())
-    return (peaks + 0.5) * FRAME / sample_rate
+    envelope = (np.abs(scipy.signal.hilbert(low[: frames * FRAME])) ** 2).reshape(frames, FRAME).mean(axis=1)
+    peaks, _ = scipy.signal.find_peaks(envelope, distance=max(1, int(min_gap * sample_rate / FRAME)),
+                                       prominence=0.1 * envelope.max())
+    onsets = []
+    for peak in peaks:
+        half = 0.5 * envelope[peak]
+        frame = peak
+        while frame > 0 and envelope[frame - 1] >= half:
+            frame -= 1
+        below = envelope[frame - 1] if frame > 0 else 0.0
+        # Linear interpolation between the last frame under half and the first at or over it.
+        onsets.append(frame - 1 + (half - below) / max(envelope[frame] - below, 1e-30))
+    return (np.array(onsets) + 0.5) * FRAME / sample_rate
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ embeddings, noise and scheduler, must produce 8-bit images that differ by at mos
 in any pixel and 0.05 levels on average (both run in f32; measured: max 1, mean < 1e-3).
 """
 
+import sys
 import time
 
 import numpy as np
@@ -197,7 +198,7 @@ def test_each_precision_compiles_into_a_cache_of_its_own(tiny_exported, tmp_path
     import subprocess
     import sys
 
-    from riffstream.model.runtime import resolve_precision
+    from riffstream.model.runtime import compiled_cache, resolve_precision
 
     auto = resolve_precision(ModelOptions(model="tiny")) or "default"
     for order in (["f32", "auto"], ["auto", "f32"]):
@@ -209,8 +210,8 @@ def test_each_precision_compiles_into_a_cache_of_its_own(tiny_exported, tmp_path
                  "--duration", "1", "--no-play", "--no-progress", "--out", str(cache / f"{precision}.wav"),
                  "--cache-dir", str(cache), "--precision", precision], capture_output=True, text=True, timeout=300)
             assert result.returncode == 0, (order, precision, result.returncode, result.stderr[-2000:])
-        assert list((cache / "ov_compiled" / "f32").glob("*.blob"))
-        assert list((cache / "ov_compiled" / auto).glob("*.blob"))
+        assert list(compiled_cache(cache, "f32").glob("*.blob"))
+        assert list(compiled_cache(cache, None if auto == "default" else auto).glob("*.blob"))
 
 
 def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
@@ -234,6 +235,46 @@ def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
         _pixels(again.generate(embeds, latents=noise, steps=2).image),
         _pixels(tiny_model.generate(embeds, latents=noise, steps=2).image),
     )
+
+
+def test_compiled_blobs_hold_no_copy_of_the_weights(tiny_model, model_cache_dir):
+    # A full blob is a second copy of the weights on disk, and loading one made both resident.
+    ir = store.resolve_ir(tiny_model.options)
+    weights = (ir / "unet" / "openvino_model.bin").stat().st_size
+    blobs = list((model_cache_dir / "ov_compiled").rglob("*.blob"))
+    assert blobs
+    assert max(blob.stat().st_size for blob in blobs) < weights / 4
+
+
+def _resident_bytes(folder) -> int:
+    """Resident bytes of this process's mappings of files under ``folder`` (Linux smaps)."""
+    root, resident, inside = str(folder.resolve()) + "/", 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                inside = len(fields) > 5 and fields[5].startswith(root)
+            elif inside and fields[0] == "Rss:":
+                resident += int(fields[1]) * 1024
+    return resident
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_the_weight_files_are_mapped_but_not_resident_once_the_model_has_run(tiny_model):
+    from riffstream.model.residency import weight_mappings
+
+    ir = store.resolve_ir(tiny_model.options)
+    model = RiffusionModel.load(tiny_model.options, progress=False)  # fresh: it has not decoded yet
+    embeds = model.encode_prompt("resident")
+    image = model.generate(embeds, latents=noise_for_seed(3, model.latents_shape), steps=2).image
+    mapped = sum(end - start for start, end, _ in weight_mappings([ir]))
+    # The compiled model takes its weights from the mapped IR (the blobs hold none); once each
+    # part has run, its repacked copy is what runs, and the file's pages have been dropped.
+    assert mapped >= (ir / "unet" / "openvino_model.bin").stat().st_size
+    assert _resident_bytes(ir) < 0.05 * mapped
+    # Dropped pages are only gone from this process: the model works as before, and as the other.
+    reference = tiny_model.generate(embeds, latents=noise_for_seed(3, model.latents_shape), steps=2).image
+    np.testing.assert_array_equal(_pixels(image), _pixels(reference))
 
 
 def test_exported_folder_loads_directly(tiny_model, monkeypatch):

@@ -11,6 +11,7 @@ from PIL import Image
 from riffstream import SpectrogramParams, audio_to_image
 from riffstream.errors import RiffstreamError
 from riffstream.stitch import ClipStitcher, crossfade, overlap_frames, stitch_images, stitched_length, true_peak
+from tests.fidelity import seam_report
 from tests.realmusic import music_or_skip, windows_as_images
 
 PARAMS = SpectrogramParams()
@@ -89,3 +90,53 @@ def test_clips_with_other_spectrogram_parameters_are_refused() -> None:
     image.getexif()[11040] = 256
     with pytest.raises(RiffstreamError, match="same spectrogram parameters"):
         stitcher.add(image)
+
+
+def clip_loudness(audio: np.ndarray, clips: int, overlap: int) -> np.ndarray:
+    """Integrated loudness of each clip's stretch of a stitched (or original) signal, LUFS."""
+    meter = pyloudnorm.Meter(44100)
+    step = (WIDTH - overlap) * PARAMS.hop_length
+    return np.array([meter.integrated_loudness(audio[k * step : k * step + WIDTH * 441].astype(np.float64))
+                     for k in range(clips)])
+
+
+def test_level_follows_the_music_across_seams_when_images_carry_none(music: np.ndarray) -> None:
+    # A 12-dB crescendo cut into images that all record one level (the first window's), as
+    # level-less images do: every image alone looks equally loud.
+    overlap = overlap_frames(PARAMS, 1.0)
+    rising = music * np.float64(10 ** (np.linspace(-12, 0, music.size) / 20))
+    first = windows_as_images(rising, PARAMS, 1, overlap)[0].getexif()[11080]
+    images = windows_as_images(rising, PARAMS, 3, overlap, level=False)
+    for image in images:
+        image.getexif()[11080] = first
+    audio = stitch_images(images, PARAMS, crossfade=1.0, loudness=None)[0]
+    heard, played = clip_loudness(audio, 3, overlap), clip_loudness(rising, 3, overlap)
+    np.testing.assert_allclose(np.diff(heard), np.diff(played), atol=1.0)
+    assert heard[-1] - heard[0] > 6.0
+
+
+def test_whole_stream_of_levelless_images_stays_faithful_with_default_options(music: np.ndarray) -> None:
+    overlap = overlap_frames(PARAMS, 1.0)
+    images = windows_as_images(music, PARAMS, 3, overlap, level=False)
+    audio = stitch_images(images, PARAMS)[0]
+    step = (WIDTH - overlap) * PARAMS.hop_length
+    seams = np.array([k * step + overlap * PARAMS.hop_length / 2 for k in (1, 2)])
+    report = seam_report(music[: audio.size], audio, seams, 44100)
+    assert report["sc_db"] < -16.0
+    assert report["seam_minus_interior_db"] < 1.0
+
+
+def test_unrelated_clips_of_arbitrary_level_come_out_steady(music: np.ndarray) -> None:
+    # Clips that share no sound (as independently generated ones), each at its own level.
+    overlap = overlap_frames(PARAMS, 0.5)
+    other = music_or_skip(16.0, offset=20.0, track="tt2")
+    pieces = [(music if k % 2 else other)[k * 30000 : k * 30000 + WIDTH * 441] * gain
+              for k, gain in enumerate((1.0, 0.05, 0.5, 0.02, 1.0))]
+    images = []
+    for piece, level in zip(pieces, (1.0, 0.2, 3.0, 0.1, 5.0)):
+        full = audio_to_image(piece, 44100)
+        images.append(full.crop((0, 0, WIDTH, 512)))
+        images[-1].getexif()[11080] = full.getexif()[11080] * level  # a meaningless level, as a model's
+    audio = stitch_images(images, PARAMS, crossfade=0.5)[0]
+    assert np.all(np.abs(clip_loudness(audio, 5, overlap) + 14.0) <= 1.5)
+    assert 20 * np.log10(true_peak(audio[None]).max()) < -1.0

@@ -144,9 +144,10 @@ def test_a_bpm_render_keeps_its_tempo_and_its_beat_across_every_seam(tiny_export
     two_beats = 120 / bpm
     across = [b - a for a, b in zip(fit.onsets, fit.onsets[1:]) if any(a < end and b > start for start, end in seams)]
     assert len(across) >= 20
-    assert np.max(np.abs(np.array(across) - two_beats)) <= 0.015
-    # No drift: every kick is within 15 ms of the nominal grid through the first.
-    assert np.max(np.abs(fit.drift(bpm))) <= 0.015
+    # Within half a 10-ms column, the grid's resolution: the tracker's own jitter is about 1 ms.
+    assert np.max(np.abs(np.array(across) - two_beats)) <= 0.005
+    # No drift: every kick is within half a column of the nominal grid through the first.
+    assert np.max(np.abs(fit.drift(bpm))) <= 0.005
 
 
 def test_a_user_loop_with_bpm_replaces_the_drums(tiny_exported, tmp_path):

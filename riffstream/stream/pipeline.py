@@ -55,7 +55,7 @@ from riffstream.journal import FinishedClip
 from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, Clip, Journey, parse_blend
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, ClipStitcher, overlap_frames
-from riffstream.stream.ring import POLL, RingBuffer, StreamEnds
+from riffstream.stream.ring import POLL, RingBuffer, StreamEnds, put_until
 from riffstream.stream.sources import ClipJob, ClipSource, MadeClip, clip_source, keep_overlap
 from riffstream.tempo import ClipLayout, LoopImages, Slot, beat_grid, check_bpm, clips_to_cover
 from riffstream.timeline import Timeline, TimelineJourney
@@ -455,14 +455,15 @@ class Stream:
                     made = replace(made, image=keep_overlap(handed.image, made.image, self.overlap_columns))
                 self._count(made)
                 latents = made.latents if self.options.continuation else None
-                if not self._put(self._images, (job.clip, job.slot, made.image, latents, made.model_seconds)):
+                image = (job.clip, job.slot, made.image, latents, made.model_seconds)
+                if not put_until(self._images, image, self.stop_event):
                     return
                 handed = made
         finally:
             for _, handle in in_flight:
                 if not isinstance(handle, MadeClip):
                     source.cancel(handle)
-        self._put(self._images, None)
+        put_until(self._images, None, self.stop_event)
 
     def _replan(self, in_flight: deque, index: int) -> int:
         """Drop the clips in flight that the source has not started, rewind the plan to the first of them,
@@ -490,15 +491,6 @@ class Stream:
         if made.denoise_span is not None:
             first = stats.denoise_span[0] if stats.denoise_span else made.denoise_span[0]
             stats.denoise_span = (first, made.denoise_span[1])
-
-    def _put(self, target: queue.Queue, item) -> bool:
-        while not self.stop_event.is_set():
-            try:
-                target.put(item, timeout=POLL)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     # ------------------------------------------------------------------ consumer
 

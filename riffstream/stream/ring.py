@@ -7,6 +7,7 @@ callback only copies from the ring) or, with no sound card, a :class:`RealTimeCl
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -17,12 +18,33 @@ import numpy as np
 if TYPE_CHECKING:
     from riffstream.sinks import Sink
 
-#: How often (seconds) a writer waiting for room looks at the stop flag.
+#: How often (seconds) a stream thread waiting on a queue or for room looks at its stop flag.
 POLL = 0.02
 #: Block the real-time clock hands to live sinks, seconds.
 CLOCK_BLOCK = 0.05
 #: A clock this far behind its schedule (seconds) starts a new one instead of rushing to catch up.
 CLOCK_SLIP = 1.0
+
+
+def put_until(target: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` on ``target``, waiting for room until ``stop`` is set; False if it was."""
+    while not stop.is_set():
+        try:
+            target.put(item, timeout=POLL)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def get_until(source: queue.Queue, stop: threading.Event):
+    """The next item of ``source``, waiting until ``stop`` is set; None if it was."""
+    while not stop.is_set():
+        try:
+            return source.get(timeout=POLL)
+        except queue.Empty:
+            continue
+    return None
 
 
 class StreamEnds:

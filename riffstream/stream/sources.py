@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from riffstream.planner import Clip, blend_embedding, lerp, slerp
+from riffstream.stream.ring import get_until, put_until
 from riffstream.tempo import Slot
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
     from riffstream.model import ModelOptions
 
-#: How often (seconds) the local source's threads look at their stop flag.
-POLL = 0.02
 #: Jobs the local source keeps in flight: one denoising, one decoding, and the next one queued, so that
 #: the UNet never waits for the stream to hand it work.
 LOCAL_WINDOW = 3
@@ -247,20 +246,12 @@ class LocalSource:
             if thread.ident is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _next(self, source: queue.Queue):
-        while not self._closed.is_set():
-            try:
-                return source.get(timeout=POLL)
-            except queue.Empty:
-                continue
-        return None
-
     def _check(self, ticket: _Ticket) -> None:
         if ticket.cancelled or self._closed.is_set():
             raise _Abandoned
 
     def _denoise(self) -> None:
-        while (ticket := self._next(self._jobs)) is not None:
+        while (ticket := get_until(self._jobs, self._closed)) is not None:
             if ticket.cancelled:
                 continue
             ticket.started = True
@@ -279,16 +270,10 @@ class LocalSource:
                 ticket.done.set()
                 continue
             self._latest = latents
-            item = (ticket, latents, marks[-1] - began, (began, marks[-1]))
-            while not self._closed.is_set():
-                try:
-                    self._to_decode.put(item, timeout=POLL)
-                    break
-                except queue.Full:
-                    continue
+            put_until(self._to_decode, (ticket, latents, marks[-1] - began, (began, marks[-1])), self._closed)
 
     def _decode(self) -> None:
-        while (item := self._next(self._to_decode)) is not None:
+        while (item := get_until(self._to_decode, self._closed)) is not None:
             ticket, latents, denoise_seconds, span = item
             if ticket.cancelled:
                 continue
