@@ -96,7 +96,7 @@ def main() -> None:
         "worst_tempo_error_percent": worst["tempo_error_percent"], "worst_tempo_error_bpm": worst["bpm"],
         "worst_drift_ms": max(r["worst_drift_ms"] for r in results),
         "worst_ioi_across_seam_ms": max(r["worst_ioi_across_seam_ms"] for r in results),
-        "targets": {"tempo_error_percent": 1.0, "ioi_across_seam_ms": 15.0},
+        "targets": {"tempo_error_percent": 1.0, "ioi_across_seam_ms": 5.0},
         **info,
     }
     print(json.dumps(summary))

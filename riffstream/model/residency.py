@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 #: Seconds between drops while a model loads and warms up.
-INTERVAL = 0.1
+INTERVAL = 0.25
 _MADV_DONTNEED = 4
 
 
