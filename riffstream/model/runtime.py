@@ -260,7 +260,7 @@ class RiffusionModel:
         sample = torch.zeros(self.latents_shape)
         timestep = torch.tensor(self._scheduler().config.num_train_timesteps - 1)
         with torch.no_grad():
-            self._pipe.unet(sample, timestep, encoder_hidden_states=torch.from_numpy(embeds))
+            self._pipe.unet(sample, timestep, encoder_hidden_states=torch.tensor(embeds))
 
     def encode_prompt(self, text: str) -> np.ndarray:
         """CLIP embeddings of ``text``, shape (1, 77, D) float32; cached per text (read-only array)."""
