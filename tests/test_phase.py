@@ -119,7 +119,10 @@ def test_fidelity_on_real_music_beats_riffusions_converter(music: np.ndarray) ->
 
 #: Real clips of three other kinds where the earlier converter lost to Riffusion's by 4.5
 #: to 8 dB: soft ambient, fast electronic and a band track (packages fetched at run time).
-HARD_CLIPS = [("music-game", 85.0), ("tt1", 36.0), ("MadeiraStew", 22.0)]
+HARD_CLIPS = [("music-game", 85.0), ("tt1", 36.0), ("MadeiraStew", 22.0),
+              # The audio-stage corpus's worst clip at a cap of 32 iterations (-0.24 dB), at its exact
+              # sample: two samples later it scores half a dB differently.
+              ("03_-_Robert_van_Herk_-_Architectural_Contemplations", 1578936 / 44100)]
 
 
 @pytest.mark.parametrize("track, offset", HARD_CLIPS)
