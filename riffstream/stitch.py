@@ -21,9 +21,11 @@ ways:
 4. **Loudness on a long time scale**, as broadcast loudness processors work: a slow gain
    follower holds the integrated loudness (ITU-R BS.1770, via pyloudnorm; -14 LUFS by
    default) of the last ``LOUDNESS_WINDOW`` seconds at the target, so changes slower than
-   that are levelled and faster ones kept. The gain glides across each clip's body and
-   is constant over its overlaps, so it never steps at a seam; a look-ahead limiter
-   holds true peaks below -1 dBTP.
+   that are levelled and faster ones kept. Where that would take the output's last
+   ``HELD_WINDOW`` seconds more than ``HELD_BAND`` LU from the target (a long loud or
+   quiet passage of dynamic music), the clip's gain moves just enough to keep them in
+   the band. The gain glides across each clip's body and is constant over its overlaps,
+   so it never steps at a seam; a look-ahead limiter holds true peaks below -1 dBTP.
 
 ``ClipStitcher`` is a plain object with no threads: the stream's consumer thread and the
 ``image-to-audio`` command both feed it images, so files and live play are stitched alike.
@@ -32,6 +34,7 @@ ways:
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 import pyloudnorm
@@ -42,6 +45,7 @@ from PIL import Image
 from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
+from riffstream.loudness import LoudnessWindow
 from riffstream.phase import DEFAULT_ITERATIONS, reconstruct
 from riffstream.spectrogram import SpectrogramParams, mel_from_image, params_for_image
 
@@ -61,6 +65,17 @@ EDGE_GUARD = 0.05
 LIMITER_LOOKAHEAD = 0.002
 #: Seconds of recent audio whose integrated loudness the gain follower holds at the target.
 LOUDNESS_WINDOW = 20.0
+#: Every stretch of the output this long is held within this many LU of the target: the
+#: 60-s integrated loudness that broadcast norms bound at ±1 LU, with a margin for the
+#: stretches that do not end where a clip does.
+HELD_WINDOW = 60.0
+HELD_BAND = 0.6
+#: A stream younger than the window is held to a band this much wider at its start,
+#: narrowing as it fills: its opening seconds may rise and fall, but not so far that the
+#: first full minute could not be brought back.
+HELD_YOUNG_BAND = 1.0
+#: Most the held window moves a clip's gain from the follower's, in dB.
+HELD_CORRECTION_DB = 10.0
 #: Loudness range, in LU around the target, that one clip is brought into at most: a loud
 #: clip after a long quiet stretch is not raised far over the target, nor a quiet clip
 #: after a loud one sunk far under it.
@@ -153,6 +168,7 @@ class ClipStitcher:
         self._contour_rms = 0.0  # the last clip's RMS at that gain
         self._history = np.zeros((self.params.channels, 0), np.float32)  # recent audio at contour gain
         self._gain: float | None = None  # the follower's gain at the end of the last clip
+        self._output = LoudnessWindow(self.params.sample_rate, HELD_WINDOW)
         self.clips = 0
 
     def add(self, image: Image.Image, overlap_after: int | None = None) -> np.ndarray:
@@ -238,8 +254,9 @@ class ClipStitcher:
         """Apply the slow loudness follower's gain, then limit true peaks.
 
         The follower's gain makes the last ``LOUDNESS_WINDOW`` seconds (this clip's new
-        audio included) integrate to the target. It holds the previous clip's gain over
-        the first ``lead`` samples (the crossfade with that clip), glides in dB across the
+        audio included) integrate to the target, and moves only as far as the output's
+        last ``HELD_WINDOW`` seconds allow. It holds the previous clip's gain over the
+        first ``lead`` samples (the crossfade with that clip), glides in dB across the
         body and holds the new gain over the last ``tail`` samples. A silent stretch keeps
         the gain it had.
         """
@@ -253,14 +270,31 @@ class ClipStitcher:
             low, high = (10 ** ((self.loudness + bound - clip) / 20) for bound in CLIP_LOUDNESS_RANGE)
             gain = float(np.clip(10 ** ((self.loudness - recent) / 20), low, high))
         start = self._gain if self._gain is not None else gain
-        self._gain = gain
-        glide = max(audio.shape[-1] - lead - tail, 1)
-        curve = np.concatenate([
-            np.full(lead, np.log(start)),
-            np.linspace(np.log(start), np.log(gain), glide, endpoint=False),
-            np.full(audio.shape[-1] - lead - glide, np.log(gain)),
-        ])
-        return limit_peaks(audio * np.exp(curve).astype(np.float32), self.params.sample_rate, LIMITER_CEILING)
+
+        def output(log_gain: float) -> np.ndarray:
+            return audio * _gain_curve(audio.shape[-1], lead, tail, start, np.exp(log_gain)).astype(np.float32)
+
+        # The held window: the output's last minute were this clip to come at a gain, before
+        # the limiter and after it (limiting a dynamic passage takes loudness with it).
+        loudness_next = self._output.loudness_after(audio.shape[-1] - lead)
+        unlimited = self._output.weigh(audio[:, lead:])
+        band = HELD_BAND + HELD_YOUNG_BAND * (1.0 - self._output.filled)
+
+        def before_limiting(log_gain: float) -> float:
+            curve = _gain_curve(audio.shape[-1], lead, tail, start, np.exp(log_gain))[lead:]
+            return loudness_next(unlimited * np.square(curve))
+
+        log_gain = _hold(before_limiting, np.log(gain), self.loudness, band)
+        limited = limit_peaks(output(log_gain), self.params.sample_rate, LIMITER_CEILING)
+        power = self._output.weigh(limited[:, lead:])
+        taken = before_limiting(log_gain) - loudness_next(power)
+        if taken > 0.05 and loudness_next(power) < self.loudness - band:
+            log_gain = _hold(lambda value: before_limiting(value) - taken, log_gain, self.loudness, band)
+            limited = limit_peaks(output(log_gain), self.params.sample_rate, LIMITER_CEILING)
+            power = self._output.weigh(limited[:, lead:])
+        self._gain = float(np.exp(log_gain))
+        self._output.push(power)
+        return limited
 
     def _loudness_of(self, audio: np.ndarray) -> float:
         """Integrated loudness in LUFS; NaN for a clip shorter than BS.1770's 400-ms block."""
@@ -268,6 +302,31 @@ class ClipStitcher:
             return float(self._meter.integrated_loudness(audio.T.astype(np.float64)))
         except ValueError:
             return float("nan")
+
+
+def _hold(loudness: Callable[[float], float], log_gain: float, target: float, band: float) -> float:
+    """``log_gain``, or the log gain nearest it at which ``loudness`` lies within ``band`` LU
+    of ``target`` (searched within ``HELD_CORRECTION_DB``; loudness rises with the gain)."""
+    level = loudness(log_gain)
+    if not np.isfinite(level) or abs(level - target) <= band:
+        return log_gain
+    goal = target + np.sign(level - target) * band
+    low, high = sorted((log_gain, log_gain + np.sign(goal - level) * HELD_CORRECTION_DB / 20 * np.log(10)))
+    for _ in range(14):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if loudness(middle) < goal else (low, middle)
+    return 0.5 * (low + high)
+
+
+def _gain_curve(length: int, lead: int, tail: int, start: float, gain: float) -> np.ndarray:
+    """Per-sample gain of a clip: ``start`` over the first ``lead`` samples, gliding in dB to
+    ``gain`` across the body, and ``gain`` over the last ``tail``."""
+    glide = max(length - lead - tail, 1)
+    return np.exp(np.concatenate([
+        np.full(lead, np.log(start)),
+        np.linspace(np.log(start), np.log(gain), glide, endpoint=False),
+        np.full(length - lead - glide, np.log(gain)),
+    ]))
 
 
 def stitch_images(images: list[Image.Image], params: SpectrogramParams | None = None,

@@ -140,3 +140,19 @@ def test_unrelated_clips_of_arbitrary_level_come_out_steady(music: np.ndarray) -
     audio = stitch_images(images, PARAMS, crossfade=0.5)[0]
     assert np.all(np.abs(clip_loudness(audio, 5, overlap) + 14.0) <= 1.5)
     assert 20 * np.log10(true_peak(audio[None]).max()) < -1.0
+
+
+def test_every_minute_of_a_dynamic_piece_stays_within_1_lu_of_the_target() -> None:
+    # The close of an orchestral track, which fades for two minutes: a 20-s follower alone
+    # lagged it by up to 2 LU over a minute.
+    overlap = overlap_frames(PARAMS, 1.0)
+    clips = 36
+    music = music_or_skip(stitched_length(WIDTH * 441, clips, overlap * 441) / 44100, offset=275.0,
+                          track="frontiers")
+    audio = stitch_images(windows_as_images(music, PARAMS, clips, overlap, level=False), PARAMS)[0]
+    meter = pyloudnorm.Meter(44100)
+    minutes = [meter.integrated_loudness(audio[start : start + 60 * 44100].astype(np.float64))
+               for start in range(0, audio.size - 60 * 44100 + 1, 5 * 44100)]
+    assert len(minutes) >= 16
+    assert max(abs(np.array(minutes) + 14.0)) <= 1.0
+    assert 20 * np.log10(true_peak(audio[None]).max()) <= -1.0
