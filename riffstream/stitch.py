@@ -50,7 +50,8 @@ from riffstream.phase import DEFAULT_ITERATIONS, reconstruct
 from riffstream.spectrogram import SpectrogramParams, mel_from_image, params_for_image
 
 #: Seconds by which consecutive clips overlap and crossfade. On real music (benchmarks/seams.py)
-#: a 1-s overlap makes seams as faithful as the interior; 0.5 s leaves them about 1.4 dB worse.
+#: seams are within 0.3 dB of the interior on average at 0.5 s and at 1 s; the longer overlap
+#: gives the level carried across a seam twice the columns to be measured on.
 DEFAULT_CROSSFADE = 1.0
 #: Target integrated loudness, the streaming services' norm.
 DEFAULT_LOUDNESS = -14.0
