@@ -5,14 +5,12 @@ each clip it needs the loudness of the last 60 s as it would be with the clip at
 candidate gains. pyloudnorm measures one whole signal at a time (about 50 ms for 60 s on
 two cores, so a gain search would cost half a second a clip). K-weighting is linear and a
 clip's gain changes slowly, so here the weighted power of the output is kept as it is
-produced, and a candidate gain only rescales the new clip's part: about a millisecond an
-evaluation. The weighting filters are pyloudnorm's, and ``test_loudness.py`` holds the
+produced, summed over BS.1770's 100-ms block steps, and a candidate gain only rescales the
+new clip's part: about a millisecond an evaluation. The weighting filters are pyloudnorm's, and ``test_loudness.py`` holds the
 result to pyloudnorm's meter.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 import pyloudnorm
@@ -37,16 +35,24 @@ def integrated_loudness(power: np.ndarray, sample_rate: int) -> float:
 
     NaN where no block passes the gates, or the signal is shorter than one block.
     """
-    block, step = int(BLOCK_SECONDS * sample_rate), int(STEP_SECONDS * sample_rate)
-    if power.size < block:
+    step = int(STEP_SECONDS * sample_rate)
+    return _gated_loudness(_step_sums(power, step), step)
+
+
+def _step_sums(power: np.ndarray, step: int) -> np.ndarray:
+    """Sums of ``power`` over its whole ``step``-sample steps (a last partial step is left out)."""
+    whole = power.size // step * step
+    return power[:whole].reshape(-1, step).sum(axis=1, dtype=np.float64)
+
+
+def _gated_loudness(steps: np.ndarray, step: int) -> float:
+    """BS.1770's gated loudness of the 400-ms blocks made of every four consecutive 100-ms
+    step sums (``step`` samples each)."""
+    span = int(round(BLOCK_SECONDS / STEP_SECONDS))
+    if steps.size < span:
         return float("nan")
-    total = np.concatenate([[0.0], np.cumsum(power, dtype=np.float64)])
-    starts = np.arange(0, power.size - block + 1, step)
-    return _gated_loudness((total[starts + block] - total[starts]) / block)
-
-
-def _gated_loudness(energy: np.ndarray) -> float:
-    """BS.1770's gated loudness of blocks' mean K-weighted power."""
+    total = np.concatenate([[0.0], np.cumsum(steps)])
+    energy = (total[span:] - total[:-span]) / (span * step)
     with np.errstate(divide="ignore"):
         level = -0.691 + 10 * np.log10(energy)
     loud = energy[level > ABSOLUTE_GATE]
@@ -57,18 +63,22 @@ def _gated_loudness(energy: np.ndarray) -> float:
 
 
 class LoudnessWindow:
-    """The K-weighted power of the last ``seconds`` of a stream's output."""
+    """The K-weighted power of the last ``seconds`` of a stream's output, kept as sums over
+    BS.1770's 100-ms block steps (600 numbers a minute), so its memory does not depend on
+    the sample rate, and the blocks lie on one grid from the stream's start."""
 
     def __init__(self, sample_rate: int, seconds: float) -> None:
         self.sample_rate = sample_rate
-        self.size = int(seconds * sample_rate)
+        self.step = int(STEP_SECONDS * sample_rate)
+        self.steps = int(round(seconds / STEP_SECONDS))
         self._filters = k_weighting(sample_rate)
-        self._power = np.zeros(0)
+        self._kept = np.zeros(0)  # sums over the window's whole steps
+        self._rest = np.zeros(0)  # power of the last, unfinished step
 
     @property
     def filled(self) -> float:
         """How much of the window the stream has filled so far, 0 to 1."""
-        return self._power.size / self.size
+        return self._kept.size / self.steps
 
     def weigh(self, audio: np.ndarray) -> np.ndarray:
         """K-weighted power per sample, summed over channels, of (channels, samples) audio."""
@@ -77,30 +87,16 @@ class LoudnessWindow:
             weighted = scipy.signal.lfilter(b, a, weighted, axis=-1)
         return np.square(weighted).sum(axis=0)
 
-    def loudness_after(self, samples: int) -> Callable[[np.ndarray], float]:
-        """The window's loudness as a function of the power (from ``weigh``) of the next
-        ``samples`` samples. The blocks that lie wholly in the kept part are summed once, so
-        each call costs only the new part's."""
-        block, step = int(BLOCK_SECONDS * self.sample_rate), int(STEP_SECONDS * self.sample_rate)
-        samples = min(samples, self.size)
-        recent = self._power[self._power.size - (self.size - samples) :] if samples < self.size else self._power[:0]
-        length = recent.size + samples
-        if length < block:
-            return lambda power: float("nan")
-        total = np.concatenate([[0.0], np.cumsum(recent, dtype=np.float64)])
-        starts = np.arange(0, length - block + 1, step)
-        kept = starts + block <= recent.size
-        kept_energy = total[starts[kept] + block] - total[starts[kept]]
-        moving = starts[~kept]
-        from_recent = total[-1] - total[np.minimum(moving, recent.size)]
-        first, last = np.maximum(moving - recent.size, 0), moving + block - recent.size
-
-        def loudness(power: np.ndarray) -> float:
-            new = np.concatenate([[0.0], np.cumsum(power[-samples:], dtype=np.float64)])
-            return _gated_loudness(np.concatenate([kept_energy, from_recent + new[last] - new[first]]) / block)
-
-        return loudness
+    def loudness_with(self, power: np.ndarray) -> float:
+        """The window's loudness were ``power`` (from ``weigh``) the stream's next output."""
+        return _gated_loudness(self._advanced(power)[0], self.step)
 
     def push(self, power: np.ndarray) -> None:
         """Append the power (from ``weigh``) of the stream's next output."""
-        self._power = np.concatenate([self._power, power])[-self.size :]
+        self._kept, self._rest = self._advanced(power)
+
+    def _advanced(self, power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        joined = np.concatenate([self._rest, power])
+        whole = joined.size // self.step * self.step
+        kept = np.concatenate([self._kept, _step_sums(joined[:whole], self.step)])[-self.steps :]
+        return kept, joined[whole:]

@@ -277,7 +277,7 @@ class ClipStitcher:
 
         # The held window: the output's last minute were this clip to come at a gain, before
         # the limiter and after it (limiting a dynamic passage takes loudness with it).
-        loudness_next = self._output.loudness_after(audio.shape[-1] - lead)
+        loudness_next = self._output.loudness_with
         unlimited = self._output.weigh(audio[:, lead:])
         band = HELD_BAND + HELD_YOUNG_BAND * (1.0 - self._output.filled)
 

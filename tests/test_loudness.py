@@ -33,11 +33,21 @@ def test_a_candidate_gain_is_measured_as_the_gained_audio_would_be(music: np.nda
     first, second = music[None, : 15 * RATE], music[None, 15 * RATE :]
     window.push(window.weigh(0.5 * first))
     assert window.filled == pytest.approx(0.75)
-    loudness_next = window.loudness_after(second.shape[-1])
     for end in (0.25, 2.0):
         gain = np.exp(np.linspace(np.log(0.5), np.log(end), second.shape[-1]))
         heard = np.concatenate([0.5 * first, second * gain], axis=1)[:, -20 * RATE :]
-        assert loudness_next(window.weigh(second) * gain**2) == pytest.approx(meter(heard), abs=0.05)
+        assert window.loudness_with(window.weigh(second) * gain**2) == pytest.approx(meter(heard), abs=0.05)
+
+
+def test_the_window_keeps_a_minute_whatever_the_stream_has_played(music: np.ndarray) -> None:
+    window = LoudnessWindow(RATE, 10.0)
+    quiet = window.weigh(0.01 * music[None, : 7 * RATE + 123])
+    for _ in range(3):  # 21 s of quiet music: only the last 10 s count
+        window.push(quiet)
+    loud = window.weigh(music[None, 7 * RATE : 10 * RATE])
+    heard = np.concatenate([0.01 * music[: 7 * RATE + 123], music[7 * RATE : 10 * RATE]])[None, -10 * RATE :]
+    assert window.filled == 1.0
+    assert window.loudness_with(loud) == pytest.approx(meter(heard), abs=0.05)
 
 
 def test_silence_and_audio_shorter_than_a_block_have_no_loudness() -> None:
