@@ -194,7 +194,11 @@ def _overlap_gain(plan: _Plan, frames: int) -> np.ndarray:
     return np.where(total > 1e-3 * total.max(), 1.0 / np.maximum(total, 1e-12), 0.0).astype(np.float32)
 
 
-@numba.njit(parallel=True, fastmath=True, nogil=True, cache=True)
+# Compiled when the module is imported (cached on disk after the first time, about 3 s), so
+# that a stream's first clip does not wait for the compiler.
+@numba.njit("float64(complex64[:, :, ::1], float32[:, :, ::1], complex64[:, :, ::1], complex64[:, :, ::1], "
+            "complex64[:, :, ::1], boolean, float32, float32, float32, complex64[:, :, ::1])",
+            parallel=True, fastmath=True, nogil=True, cache=True)
 def _accelerated_step(projected: np.ndarray, target: np.ndarray, smoothed: np.ndarray, previous: np.ndarray,
                       held: np.ndarray, first: bool, alpha: np.float32, beta: np.float32, gamma: np.float32,
                       imposed: np.ndarray) -> float:
