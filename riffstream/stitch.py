@@ -277,19 +277,19 @@ class ClipStitcher:
 
         # The held window: the output's last minute were this clip to come at a gain, before
         # the limiter and after it (limiting a dynamic passage takes loudness with it).
-        loudness_next = self._output.loudness_with
         unlimited = self._output.weigh(audio[:, lead:])
         band = HELD_BAND + HELD_YOUNG_BAND * (1.0 - self._output.filled)
 
         def before_limiting(log_gain: float) -> float:
             curve = _gain_curve(audio.shape[-1], lead, tail, start, np.exp(log_gain))[lead:]
-            return loudness_next(unlimited * np.square(curve))
+            return self._output.loudness_with(unlimited * np.square(curve))
 
         log_gain = _hold(before_limiting, np.log(gain), self.loudness, band)
         limited = limit_peaks(output(log_gain), self.params.sample_rate, LIMITER_CEILING)
         power = self._output.weigh(limited[:, lead:])
-        taken = before_limiting(log_gain) - loudness_next(power)
-        if taken > 0.05 and loudness_next(power) < self.loudness - band:
+        after_limiting = self._output.loudness_with(power)
+        taken = before_limiting(log_gain) - after_limiting
+        if taken > 0.05 and after_limiting < self.loudness - band:
             log_gain = _hold(lambda value: before_limiting(value) - taken, log_gain, self.loudness, band)
             limited = limit_peaks(output(log_gain), self.params.sample_rate, LIMITER_CEILING)
             power = self._output.weigh(limited[:, lead:])
