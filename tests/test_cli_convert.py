@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile
 from PIL import Image
 
@@ -29,6 +30,17 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: st
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+def block_levels_db(audio: np.ndarray, block: int) -> np.ndarray:
+    blocks = audio[: audio.size // block * block].reshape(-1, block)
+    return 10 * np.log10(np.mean(np.square(blocks, dtype=np.float64), axis=1) + 1e-12)
+
+
+def spectral_distance_db(audio: np.ndarray, reference: np.ndarray) -> float:
+    """Spectral convergence of ``audio``'s STFT magnitude against ``reference``'s, in dB."""
+    magnitude, wanted = (np.abs(scipy.signal.stft(x, nperseg=2048, noverlap=1536)[2]) for x in (audio, reference))
+    return float(20 * np.log10(np.linalg.norm(magnitude - wanted) / np.linalg.norm(wanted)))
 
 
 @pytest.fixture()
@@ -109,7 +121,8 @@ def test_several_images_are_stitched_into_one_file_as_the_stream_stitches(tmp_pa
     rate = 44100
     t = np.arange(int(3.0 * rate)) / rate
     for index, freq in enumerate((220.0, 330.0, 440.0)):
-        soundfile.write(tmp_path / f"part{index}.wav", 0.3 * np.sin(2 * np.pi * freq * t), rate)
+        note = 0.05 * np.exp(-t / 1.5) * (np.sin(2 * np.pi * freq * t) + 0.5 * np.sin(4 * np.pi * freq * t))
+        soundfile.write(tmp_path / f"part{index}.wav", note, rate)
         assert riffstream("audio-to-image", tmp_path / f"part{index}.wav", tmp_path / f"part{index}.png").returncode == 0
     images = [tmp_path / f"part{index}.png" for index in range(3)]
     result = riffstream("image-to-audio", *images, tmp_path / "joined.wav", "--crossfade", "0.5")
@@ -117,4 +130,10 @@ def test_several_images_are_stitched_into_one_file_as_the_stream_stitches(tmp_pa
     joined, _ = soundfile.read(tmp_path / "joined.wav", dtype="float32")
     expected = stitch_images([read_image(path) for path in images], crossfade=0.5)[0]
     assert joined.shape == (3 * (301 - 50) * 441 + 50 * 441,) == expected.shape
-    np.testing.assert_allclose(joined, expected, atol=2 / 32768)
+    # Not sample for sample: PGHI's integration order breaks ties between equal 8-bit pixels
+    # by float rounding, which MKL's FFT and matmul need not repeat from one process to the
+    # next (a CI machine's file differed by up to 9e-4). The level contour and the magnitude
+    # spectrum tell the stitching apart: the loudness follower off moves a block 21 dB, a
+    # -16 LUFS target 2 dB, 4 iterations instead of 12 leave the spectra -19 dB apart.
+    assert np.abs(block_levels_db(joined, rate // 4) - block_levels_db(expected, rate // 4)).max() < 1.0
+    assert spectral_distance_db(joined, expected) < -22.0
