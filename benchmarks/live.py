@@ -17,6 +17,13 @@ the LoRA's values do not matter either, since it is fused into the UNet's own we
 
     .venv/bin/python benchmarks/live.py            # about 25 minutes on 2 cores
     .venv/bin/python benchmarks/live.py --quick    # live preset only, bf16 or f32 as auto picks
+    .venv/bin/python benchmarks/live.py --emulate-avx2   # the live preset in f32, kernels capped at AVX2
+
+``--emulate-avx2`` estimates an AVX2-only machine on an AVX-512 one: every child runs with
+oneDNN, OpenVINO's own kernels, MKL, PyTorch and Numba capped at AVX2, and the run checks
+which kernels OpenVINO picked. It is an upper bound, not a measurement of such a machine:
+the clock, caches and memory are this machine's, and OpenVINO's MLAS matmuls (the UNet's
+linear layers, about 29% of its FLOPs) dispatch on their own and may still use AVX-512.
 
 Ends with one JSON line.
 """
@@ -99,6 +106,33 @@ def phase_prepare(cache: Path) -> dict:
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)}
 
 
+#: What ``--emulate-avx2`` sets in each child's environment: every library's own ISA cap.
+AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ATEN_CPU_CAPABILITY": "avx2", "NUMBA_CPU_NAME": "haswell"}
+
+
+def phase_isa() -> dict:
+    """Which kernels OpenVINO and PyTorch pick here: a convolution, a matmul and a softmax."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+    import torch
+
+    rng = np.random.default_rng(0)
+    image, tokens = ops.parameter([1, 64, 32, 32], np.float32), ops.parameter([1, 256, 64], np.float32)
+    conv = ops.convolution(image, ops.constant(rng.standard_normal((64, 64, 3, 3), dtype=np.float32)),
+                           [1, 1], [1, 1], [1, 1], [1, 1])
+    attention = ops.softmax(ops.matmul(tokens, ops.constant(rng.standard_normal((64, 256), dtype=np.float32)),
+                                       False, False), 2)
+    compiled = ov.Core().compile_model(ov.Model([conv, attention], [image, tokens]), "CPU",
+                                       {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    request.infer([np.ones((1, 64, 32, 32), np.float32), np.ones((1, 256, 64), np.float32)])
+    kernels = {p.node_type: p.exec_type for p in request.get_profiling_info()
+               if p.node_type in ("Convolution", "FullyConnected", "MatMul", "Softmax")}
+    return {"openvino": kernels, "torch": torch.backends.cpu.get_cpu_capability()}
+
+
 def phase_peak(precision: str) -> dict:
     """The best 4096x4096 matmul rate (GFLOP/s) at ``precision``, through OpenVINO and through PyTorch."""
     import numpy as np
@@ -163,9 +197,10 @@ def _rss_now_gb() -> float:
 # --------------------------------------------------------------------------- parent
 
 
-def run_child(args: list[str], log) -> dict:
+def run_child(args: list[str], log, env: dict | None = None) -> dict:
     began = time.time()
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         log(f"{args} failed:\n{proc.stderr[-2000:]}")
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -186,7 +221,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--clips", type=int, default=CLIPS, help="clips per live configuration (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="the live preset only, at auto precision")
-    parser.add_argument("--phase", choices=["prepare", "peak", "stream"], help=argparse.SUPPRESS)
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="the live preset in f32 with every library capped at AVX2: an AVX2-only machine's upper bound")
+    parser.add_argument("--phase", choices=["prepare", "peak", "stream", "isa"], help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="live", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=4, help=argparse.SUPPRESS)
@@ -203,6 +240,9 @@ def main() -> None:
         return
     if args.phase == "peak":
         print(json.dumps(phase_peak(args.precision)))
+        return
+    if args.phase == "isa":
+        print(json.dumps(phase_isa()))
         return
     if args.phase == "stream":
         print(json.dumps(phase_stream(cache, args.preset, args.precision, args.steps, args.clips)))
@@ -222,17 +262,22 @@ def main() -> None:
     precisions = (["bf16"] if cpu_has_bf16() else []) + ["f32"]
     if args.quick:
         precisions = precisions[:1]
-    peaks = {p: run_child(["--phase", "peak", "--precision", p], log) for p in precisions}
+    caps = AVX2_CAPS if args.emulate_avx2 else None
+    isa = run_child(["--phase", "isa"], log, caps)
+    log(f"kernels picked{' under the AVX2 caps' if caps else ''}: {isa}")
+    if caps:
+        precisions = ["f32"]  # AVX2 has no bf16
+    peaks = {p: run_child(["--phase", "peak", "--precision", p], log, caps) for p in precisions}
     for precision, peak in peaks.items():
         log(f"matmul peak, {precision}: {peak}")
-    configs = [("live", steps) for steps in (4, 2, 1)] + ([] if args.quick else [("quality", 20)])
+    configs = [("live", steps) for steps in (4, 2, 1)] + ([] if args.quick or caps else [("quality", 20)])
     results: dict = {}
     for precision in precisions:
         for preset, steps in configs:
             name = f"{preset}-{steps}"
             clips = 1 if preset == "quality" else args.clips
             result = run_child(["--phase", "stream", "--cache-dir", str(cache), "--preset", preset, "--precision",
-                                precision, "--steps", str(steps), "--clips", str(clips)], log)
+                                precision, "--steps", str(steps), "--clips", str(clips)], log, caps)
             if "error" not in result:
                 cfg, decoder = preset == "quality", "vae" if preset == "quality" else "taesd"
                 bound = bound_rtf(result, steps, cfg, decoder, peaks[precision].get("peak_gflops", float("nan")))
@@ -256,7 +301,7 @@ def main() -> None:
             f"{100 * r['share_of_bound']:.0f}% | {r['time_to_first_audio_s']} s ({r['load_and_first_audio_s']} s) | "
             f"{r['peak_rss_gb']} GB |")
     summary = {**info, "model": "sd15-random (full size), LoRA of LCM-LoRA's shape fused", "prepare": prepared,
-               "matmul_peak": peaks, "results": results}
+               "emulated_isa": "AVX2" if caps else None, "kernels": isa, "matmul_peak": peaks, "results": results}
     if "quality-20-bf16" in results and "quality-20-f32" in results and "error" not in results["quality-20-bf16"]:
         summary["quality_bf16_speedup"] = round(results["quality-20-bf16"]["real_time_factor"]
                                                 / results["quality-20-f32"]["real_time_factor"], 2)
