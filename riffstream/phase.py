@@ -503,12 +503,13 @@ def _to_padded_grid(grid: _PaddedGrid, magnitude: np.ndarray, phase: np.ndarray)
 
 
 def reconstruct(mel: np.ndarray, params: SpectrogramParams, iterations: int = DEFAULT_ITERATIONS,
-                lead_in: np.ndarray | None = None) -> Reconstruction:
+                lead_in: np.ndarray | None = None, adaptive: bool = True) -> Reconstruction:
     """Audio from mel magnitudes (channels, mels, frames).
 
     ``lead_in`` is the spectrum (channels, k, fine bins) of the previous clip over this
     clip's first k frames: their phase is continued instead of invented, so that where
-    two clips overlap they add up coherently.
+    two clips overlap they add up coherently. Without ``adaptive`` a clip gets exactly
+    ``iterations``, never the extension up to ``MAX_ITERATIONS`` (see ``_iterate``).
     """
     plan = _plan(params)
     magnitude = linear_from_mel(mel, params, padded=True)
@@ -517,7 +518,7 @@ def reconstruct(mel: np.ndarray, params: SpectrogramParams, iterations: int = DE
     grid = _PaddedGrid(plan, magnitude.shape[0], magnitude.shape[1])
     start = _to_padded_grid(grid, window_grid, pghi_phase(window_grid, params, known_phase))
     held_phase = None if lead_in is None else lead_in / np.maximum(np.abs(lead_in), 1e-30)
-    return _iterate(torch.from_numpy(magnitude), start, params, iterations, held_phase, adaptive=True, grid=grid)
+    return _iterate(torch.from_numpy(magnitude), start, params, iterations, held_phase, adaptive, grid=grid)
 
 
 def audio_from_mel(mel: np.ndarray, params: SpectrogramParams, iterations: int = DEFAULT_ITERATIONS) -> np.ndarray:

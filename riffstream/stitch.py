@@ -172,11 +172,13 @@ class ClipStitcher:
         self._output = LoudnessWindow(self.params.sample_rate, HELD_WINDOW)
         self.clips = 0
 
-    def add(self, image: Image.Image, overlap_after: int | None = None) -> np.ndarray:
+    def add(self, image: Image.Image, overlap_after: int | None = None, adaptive: bool = True) -> np.ndarray:
         """Reconstruct one clip and return the audio (channels, samples) it completes.
 
         ``overlap_after`` is how many columns this clip shares with the next one (default:
         the crossfade's); a tempo-locked stream varies it by a column from seam to seam.
+        ``adaptive=False`` holds a clip to ``iterations`` where a hard one could take up to
+        four times as many (live play short of audio cannot wait for them).
         """
         params = params_for_image(image, self.params)
         if dataclasses.replace(params, max_value=self.params.max_value) != self.params:
@@ -190,7 +192,7 @@ class ClipStitcher:
                 f"a clip of {mel.shape[-1]} columns is too short for {before}- and {after}-column crossfades"
             )
         lead_in = self._lead_in if self.continuity and before else None
-        clip = reconstruct(mel, params, self.iterations, lead_in)
+        clip = reconstruct(mel, params, self.iterations, lead_in, adaptive)
         self._lead_in = clip.spectrum[:, clip.spectrum.shape[1] - after :].copy() if after else None
         audio = clip.audio * np.float32(self._carry_level(mel, clip.audio, before))
         self._mel_tail = mel[..., mel.shape[-1] - after :] if after else None

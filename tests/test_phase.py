@@ -134,6 +134,15 @@ def test_no_worse_than_riffusions_converter_on_clips_it_used_to_lose(track: str,
     assert ours <= reference
 
 
+def test_a_hard_clip_goes_on_past_the_base_iterations_unless_held_to_them() -> None:
+    from riffstream.phase import DEFAULT_ITERATIONS, reconstruct
+
+    track, offset = HARD_CLIPS[-1]
+    mel = mel_from_image(audio_to_image(music_or_skip(5.12, offset=offset, track=track), 44100), PARAMS)
+    assert reconstruct(mel, PARAMS).iterations > DEFAULT_ITERATIONS
+    assert reconstruct(mel, PARAMS, adaptive=False).iterations == DEFAULT_ITERATIONS
+
+
 def test_a_clip_comes_out_at_the_level_its_image_records(music: np.ndarray) -> None:
     audio = image_to_audio(audio_to_image(music, 44100))
     rms = [np.sqrt(np.mean(signal[4410:-4410].astype(np.float64) ** 2)) for signal in (music[: audio.size], audio)]

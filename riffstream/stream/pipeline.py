@@ -148,6 +148,8 @@ class StreamStats:
     denoise_span: tuple[float, float] | None = None
     decode_seconds: float = 0.0
     loops: int = 0
+    #: Clips live play could not wait to polish: held to the base Griffin-Lim iterations (see Stream._can_polish).
+    unpolished: int = 0
     finished: bool = False
     #: (when, audio seconds made by then) as each of the last RATE_CLIPS + 1 clips arrived.
     arrivals: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RATE_CLIPS + 1))
@@ -523,7 +525,7 @@ class Stream:
                         self.stats.loops += 1
                         if live_clips is None:
                             live_clips = copy.deepcopy(clips) if self.sinks else clips
-                        repeat = live_clips.add(last_image, last_overlap)
+                        repeat = live_clips.add(last_image, last_overlap, adaptive=False)
                         if live.total is not None:
                             live.total += repeat.shape[1]
                         self._announce(last_clip, last_image, repeat.shape[1], loop=True)
@@ -537,10 +539,12 @@ class Stream:
                 if self.options.save_spectrograms is not None:
                     self._save_spectrogram(clip, slot, image)
                 overlap = self.clip_width - slot.advance
-                audio = clips.add(image, overlap)
+                polish = self._can_polish()
+                self.stats.unpolished += not polish
+                audio = clips.add(image, overlap, polish)
                 self._write(to_file.push(audio))
                 if live_clips is not None and live_clips is not clips:
-                    audio = live_clips.add(image, overlap)
+                    audio = live_clips.add(image, overlap, polish)
                 self._announce(clip, image, audio.shape[1], model_seconds=model_seconds)
                 if live is not None and not self._feed_ring(live.push(audio)):
                     break
@@ -562,6 +566,15 @@ class Stream:
             self.stats.finished = True
             if self.ring is not None:
                 self.ring.closed = True
+
+    def _can_polish(self) -> bool:
+        """Whether the listener can wait while a hard clip takes Griffin-Lim's extra iterations
+        (up to 36 more, about 0.5 s on two cores): always in a render, and in a stream whose
+        journal must replay to the same bytes; in other live play only while the ring holds
+        at least a clip's audio. On two cores that time is the UNet's: a live stream near
+        real time would otherwise fall behind on exactly the clips that are hard."""
+        return (self.ring is None or self.journal is not None
+                or self.ring.available >= self.clip_seconds * self.params.sample_rate)
 
     def _write(self, audio: np.ndarray) -> None:
         with self._write_lock:
