@@ -247,22 +247,28 @@ def test_the_production_rate_falls_at_once_when_clips_stop_coming():
     assert slow_start.production_rate(now=30.1) == pytest.approx(slow_start.real_time_factor(now=30.1))
 
 
-def test_endless_live_play_stays_a_few_clips_ahead_of_the_listener(model):
-    """A model faster than real time does not run a minute ahead: a typed prompt is heard within
-    three clips (0.64 s each here; at least the 2.64 s that looping the last clip needs)."""
+def _play_live(model, seconds: float, journal=None) -> tuple[Stream, float, float]:
+    """Endless live play at a real clock's pace for ``seconds``: the stream, audio made and audio heard."""
     from riffstream.stream import RealTimeClock
 
     stream = Stream(model, StreamOptions(prompts=("lofi",), seed=1, steps=1),
-                    player_factory=lambda ring: RealTimeClock(ring, RATE, []))
+                    player_factory=lambda ring: RealTimeClock(ring, RATE, []), journal=journal)
     stream.start()
     try:
-        deadline = time.monotonic() + 4.0
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             assert stream.poll()
             time.sleep(0.05)
         made, heard = stream.stats.audio_seconds, stream.player.stream_seconds
     finally:
         stream.stop()
+    return stream, made, heard
+
+
+def test_endless_live_play_stays_a_few_clips_ahead_of_the_listener(model):
+    """A model faster than real time does not run a minute ahead: a typed prompt is heard within
+    three clips (0.64 s each here; at least the 2.64 s that looping the last clip needs)."""
+    stream, made, heard = _play_live(model, 4.0)
     limit = stream.ring.capacity / RATE
     assert limit == pytest.approx(2.64, abs=0.01)
     assert heard > 3.0  # it played at a real clock's pace all along
@@ -271,27 +277,13 @@ def test_endless_live_play_stays_a_few_clips_ahead_of_the_listener(model):
 
 def test_live_play_short_of_audio_does_not_wait_for_griffin_lim_s_extra_iterations(model, tmp_path):
     from riffstream.journal import Journal
-    from riffstream.stream import RealTimeClock
-
-    def play(journal: Journal | None = None) -> Stream:
-        stream = Stream(model, StreamOptions(prompts=("lofi",), seed=1, steps=1),
-                        player_factory=lambda ring: RealTimeClock(ring, RATE, []), journal=journal)
-        stream.start()
-        try:
-            deadline = time.monotonic() + 2.5
-            while time.monotonic() < deadline:
-                assert stream.poll()
-                time.sleep(0.05)
-        finally:
-            stream.stop()
-        return stream
 
     # The first clip meets an empty ring; once a clip is buffered the rest are polished.
-    live = play()
+    live = _play_live(model, 2.5)[0]
     assert 1 <= live.stats.unpolished < live.stats.clips, (live.stats.unpolished, live.stats.clips)
     assert _render(model, tmp_path / "r.wav", 1.5).stats.unpolished == 0  # a render always waits
     # A recording that can be resumed must replay to the same bytes: it always waits too.
-    recorded = play(Journal.start(tmp_path / "live.wav", {"seed": 1}))
+    recorded = _play_live(model, 2.5, Journal.start(tmp_path / "live.wav", {"seed": 1}))[0]
     assert recorded.stats.clips > 1 and recorded.stats.unpolished == 0
 
 
