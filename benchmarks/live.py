@@ -18,6 +18,13 @@ the LoRA's values do not matter either, since it is fused into the UNet's own we
     .venv/bin/python benchmarks/live.py            # about 25 minutes on 2 cores
     .venv/bin/python benchmarks/live.py --quick    # live preset only, bf16 or f32 as auto picks
     .venv/bin/python benchmarks/live.py --emulate-avx2   # the live preset in f32, kernels capped at AVX2
+    .venv/bin/python benchmarks/live.py --play 60 # live play at a real clock's pace, with and without polish
+
+``--play SECONDS`` plays the default live preset for that long at a real clock's pace
+(no sound card: the clock the server uses), twice: as riffstream plays, where a clip made
+while less than a clip of audio is buffered is held to Griffin-Lim's base iterations, and
+with every clip polished (the extension up to 48 iterations always allowed). It reports
+the audio made and heard, the loops of the last clip, and the time to first audio.
 
 ``--emulate-avx2`` estimates an AVX2-only machine on an AVX-512 one: every child runs with
 oneDNN, OpenVINO's own kernels, MKL, PyTorch and Numba capped at AVX2, and the run checks
@@ -187,6 +194,30 @@ def phase_stream(cache: Path, preset: str, precision: str, steps: int, clips: in
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)}
 
 
+def phase_play(cache: Path, precision: str, steps: int, seconds: float, polish: str) -> dict:
+    """Live play of the live preset for ``seconds`` at a real clock's pace; ``polish="always"``
+    lets every clip take Griffin-Lim's extension, as a render does."""
+    from riffstream.model import RiffusionModel
+    from riffstream.stream import RealTimeClock, Stream, StreamOptions
+
+    if polish == "always":
+        Stream._can_polish = lambda self: True  # the comparison this benchmark makes, not an option
+    model = RiffusionModel.load(options_for(cache, "live", precision), progress=False)
+    stream = Stream(model, StreamOptions(prompts=("lofi hip hop", "smooth jazz"), seed=1, steps=steps, guidance=1.0),
+                    player_factory=lambda ring: RealTimeClock(ring, 44100, []))
+    stream.start()
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
+        stream.poll()
+        time.sleep(0.1)
+    stats, heard = stream.stats, stream.player.stream_seconds
+    stream.stop()
+    return {"precision": model.precision, "steps": steps, "seconds": seconds, "clips": stats.clips,
+            "made_s": round(stats.audio_seconds, 1), "heard_s": round(heard, 1), "loops": stats.loops,
+            "unpolished_clips": stats.unpolished, "time_to_first_audio_s": round(stats.first_audio or float("nan"), 1),
+            "made_per_second": round(stats.audio_seconds / seconds, 3)}
+
+
 def _rss_now_gb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -223,7 +254,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the live preset only, at auto precision")
     parser.add_argument("--emulate-avx2", action="store_true",
                         help="the live preset in f32 with every library capped at AVX2: an AVX2-only machine's upper bound")
-    parser.add_argument("--phase", choices=["prepare", "peak", "stream", "isa"], help=argparse.SUPPRESS)
+    parser.add_argument("--play", type=float, metavar="SECONDS",
+                        help="live play of the default live preset at a real clock's pace, with and without polish")
+    parser.add_argument("--phase", choices=["prepare", "peak", "stream", "isa", "play"], help=argparse.SUPPRESS)
+    parser.add_argument("--polish", default="as-played", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="live", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=4, help=argparse.SUPPRESS)
@@ -244,6 +278,9 @@ def main() -> None:
     if args.phase == "isa":
         print(json.dumps(phase_isa()))
         return
+    if args.phase == "play":
+        print(json.dumps(phase_play(cache, args.precision, args.steps, args.play, args.polish)), flush=True)
+        os._exit(0)  # a decode may still be running: leave without tearing the model stack down under it
     if args.phase == "stream":
         print(json.dumps(phase_stream(cache, args.preset, args.precision, args.steps, args.clips)))
         return
@@ -259,6 +296,16 @@ def main() -> None:
     log(f"machine: {info['cpu_model']}, {info['cores']} cores, flags {' '.join(info['cpu_flags'])}")
     prepared = run_child(["--phase", "prepare", "--cache-dir", str(cache)], log)
     log(f"prepare (build, export both presets; cached after the first run): {prepared}")
+    if args.play:
+        precision = "bf16" if cpu_has_bf16() else "f32"
+        played = {polish: run_child(["--phase", "play", "--cache-dir", str(cache), "--precision", precision,
+                                     "--steps", str(args.steps), "--play", str(args.play), "--polish", polish], log)
+                  for polish in ("as-played", "always")}
+        for polish, result in played.items():
+            log(f"live play, {polish}: {result}")
+        print(json.dumps({**info, "model": "sd15-random (full size), LoRA of LCM-LoRA's shape fused",
+                          "live_play": played}))
+        return
     precisions = (["bf16"] if cpu_has_bf16() else []) + ["f32"]
     if args.quick:
         precisions = precisions[:1]
