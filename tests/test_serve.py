@@ -116,6 +116,19 @@ def test_a_posted_prompt_reaches_the_clips_planned_after_it(station):
     assert carrying[0]["png"] == f"/api/clips/{carrying[0]['index']}.png"
 
 
+def test_a_posted_prompt_stays_in_the_status_until_it_is_heard(station):
+    """From the post until a clip carrying it plays, the status always shows the prompt: queued,
+    then playing. The clips in flight and the ring hold it for seconds in between."""
+    prompt = "slow dub"
+    assert station.request("POST", "/api/prompt", {"prompt": prompt})[0] == 202
+    deadline = time.monotonic() + 90
+    while (status := station.status())["prompt_b"] != prompt:
+        assert prompt in status["queued"], status
+        assert time.monotonic() < deadline, "the prompt was never heard"
+        time.sleep(0.1)
+    assert prompt not in station.status()["queued"]
+
+
 def test_a_posted_blend_reaches_the_clips_as_one_waypoint(station):
     code, body = station.request("POST", "/api/prompt", {"prompt": "smooth jazz:2 + techno:1"})
     assert (code, body) == (202, {"queued": "smooth jazz:2 + techno:1"})

@@ -177,6 +177,11 @@ class Station:
         self.clips: OrderedDict[int, Any] = OrderedDict()
         self._pngs: OrderedDict[int, bytes] = OrderedDict()
         self.recent: deque[dict] = deque(maxlen=RECENT_CLIPS)
+        # Prompts typed here, each with the index of the first clip announced carrying it (None
+        # until then): the status lists them as queued until that clip is heard. Between the
+        # planner taking a prompt and the clip being heard lie the clips in flight and the ring
+        # (tens of seconds), when neither the journey nor the prompt queue holds it any more.
+        self.typed: deque[list] = deque(maxlen=RECENT_CLIPS)
         self.listener_starts: OrderedDict[str, dict] = OrderedDict()
         self._subscribers: set[asyncio.Queue] = set()
         self._wakers: dict[str, asyncio.Event] = {}
@@ -276,6 +281,9 @@ class Station:
         while len(self.clips) > KEEP_CLIPS:
             self.clips.popitem(last=False)
         self.recent.append(record)
+        for typed in self.typed:
+            if typed[1] is None and clip.prompt_b == typed[0]:
+                typed[1] = clip.index
         self._publish("clip", record)
 
     def _publish(self, name: str | None, data: dict | None) -> None:
@@ -303,7 +311,11 @@ class Station:
         for listener in self.listeners:
             counts[listener.name] += 1
         upcoming = stream.journey.upcoming(stream.next_clip)
-        queued = list(upcoming) + [p for p in list(stream.prompt_queue.queue)]
+        heard = current["index"] if current else -1
+        reached = [n for n, (_, index) in enumerate(self.typed) if index is not None and index <= heard]
+        for _ in range(reached[-1] + 1 if reached else 0):  # heard, or passed over by a later prompt
+            self.typed.popleft()
+        queued = list(dict.fromkeys([*upcoming, *list(stream.prompt_queue.queue), *(text for text, _ in self.typed)]))
         return {
             "clip": current["index"] if current else None,
             "prompt_a": current["prompt_a"] if current else stream.options.prompts[0],
@@ -617,6 +629,7 @@ def create_app(station: Station) -> FastAPI:
             station.stream.queue_prompt(text)
         except RiffstreamError as error:
             raise HTTPException(422, str(error)) from None
+        station.typed.append([text, None])
         return Queued(queued=text)
 
     @app.post("/api/settings", response_model=SettingsOut, dependencies=[Depends(control)],
