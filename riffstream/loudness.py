@@ -6,8 +6,8 @@ candidate gains. pyloudnorm measures one whole signal at a time (about 50 ms for
 two cores, so a gain search would cost half a second a clip). K-weighting is linear and a
 clip's gain changes slowly, so here the weighted power of the output is kept as it is
 produced, summed over BS.1770's 100-ms block steps, and a candidate gain only rescales the
-new clip's part: about a millisecond an evaluation. The weighting filters are pyloudnorm's, and ``test_loudness.py`` holds the
-result to pyloudnorm's meter.
+new clip's part: about a millisecond an evaluation. The weighting filters are pyloudnorm's,
+and ``test_loudness.py`` holds the result to pyloudnorm's meter.
 """
 
 from __future__ import annotations
