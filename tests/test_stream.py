@@ -221,6 +221,19 @@ def test_a_local_source_makes_its_jobs_in_order_and_drops_one_not_started(model)
     assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("riffstream-d")]
 
 
+def test_with_the_full_vae_a_local_source_decodes_each_clip_before_denoising_the_next(model):
+    assert model.decodes_with_vae  # the tiny model's own VAE
+    source = LocalSource(model)
+    try:
+        made = [source.collect(ticket, 60) for ticket in [source.submit(_job(i)) for i in range(3)]]
+    finally:
+        source.close()
+    # The VAE's working memory is never held beside the UNet's: each denoise starts after the
+    # previous clip's decode has ended (with TAESD the next denoise starts as the decode does).
+    for before, after in zip(made, made[1:]):
+        assert after.denoise_span[0] >= before.denoise_span[1] + before.decode_seconds
+
+
 def test_a_stream_on_a_given_local_source_renders_what_it_renders_from_the_model(model, tmp_path):
     _render(model, tmp_path / "model.wav", 2.0)
     source = LocalSource(model)

@@ -75,6 +75,33 @@ def drop_weight_pages(folders: Iterable[Path]) -> int:
     return advised
 
 
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    return function
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``).
+
+    glibc raises its mmap threshold as large blocks are freed, so the audio stage's
+    per-clip buffers (tens of MB each) end up on the heap, and freed heap memory stays
+    resident: 0.2 GB after one clip's reconstruction, measured here, and 0.1 GB left over
+    from a model's compile. Trimming takes 5 ms; the memory it hands back is faulted in
+    again when next used (0.06 s on the next clip's audio), so it is for the moments before
+    a memory peak, not for every clip.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class DroppingWeightPages:
     """Context manager: drop the weight files' pages every ``INTERVAL`` seconds while it is open."""
 

@@ -1,9 +1,10 @@
 """The stream layer: the only part of riffstream with threads. Data flows one way through it:
 
 * :mod:`~riffstream.stream.sources`: clip sources make spectrogram images from planned
-  clip jobs: :class:`LocalSource` (this process's model: the UNet denoises a clip while the
-  VAE decodes the one before) or :class:`~riffstream.stream.raypool.RayPool` (workers on a
-  Ray cluster, imported only when asked for).
+  clip jobs: :class:`LocalSource` (this process's model: the UNet denoises a clip while
+  TAESD decodes the one before; the full VAE takes turns with the UNet) or
+  :class:`~riffstream.stream.raypool.RayPool` (workers on a Ray cluster, imported only
+  when asked for).
 * :mod:`~riffstream.stream.pipeline`: the :class:`Stream` plans clips, keeps a window of
   them in flight on its source, joins them into audio in order, and hands the audio to
   its sinks and ring buffer; it decides when live play may start.
