@@ -193,9 +193,10 @@ class LocalSource:
     """Clips made by a model in this process. With a small decoder (TAESD) two threads make them: the
     UNet denoises a clip while the decoder decodes the one before, so the UNet never waits for it.
     With the full VAE one thread denoises and then decodes each clip. Measured on the full-size
-    model on two cores: overlapping them made 8 TAESD clips 9% faster, but 3 VAE clips 8% slower
-    (two models' threads on two cores), and the VAE's working memory (0.75 GB at 512x512) beside
-    the UNet's was the peak of a quality render: taking turns lowered it by 0.3 GB.
+    model on two cores: overlapping made 8 TAESD clips 9% faster, but gained nothing consistent
+    with the VAE (3 clips: 8% slower in bf16, 3% faster in f32), and the VAE's working memory
+    (0.75 GB at 512x512) beside the UNet's was the peak of a quality render: taking turns
+    lowered it by 0.5 GB in both precisions.
 
     Jobs are made in the order they are submitted, so a continued clip can start from the latents of
     the clip submitted just before it. A model error reaches the caller of :meth:`collect`.
