@@ -222,7 +222,7 @@ def test_a_local_source_makes_its_jobs_in_order_and_drops_one_not_started(model)
 
 
 def test_with_the_full_vae_a_local_source_decodes_each_clip_before_denoising_the_next(model):
-    assert model.decodes_with_vae  # the tiny model's own VAE
+    assert model.decoder_takes_turns  # the tiny model's own VAE, on the CPU
     source = LocalSource(model)
     try:
         made = [source.collect(ticket, 60) for ticket in [source.submit(_job(i)) for i in range(3)]]

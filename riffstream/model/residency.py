@@ -92,10 +92,9 @@ def trim_heap() -> None:
 
     glibc raises its mmap threshold as large blocks are freed, so the audio stage's
     per-clip buffers (tens of MB each) end up on the heap, and freed heap memory stays
-    resident: 0.2 GB after one clip's reconstruction, measured here, and 0.1 GB left over
-    from a model's compile. Trimming takes 5 ms; the memory it hands back is faulted in
-    again when next used (0.06 s on the next clip's audio), so it is for the moments before
-    a memory peak, not for every clip.
+    resident: 0.2 GB after one clip's reconstruction, measured here. Trimming takes 5 ms;
+    the memory it hands back is faulted in again when next used (0.06 s on the next clip's
+    audio), so it is for the moments before a memory peak, not for every clip.
     """
     trim = _malloc_trim()
     if trim is not None:

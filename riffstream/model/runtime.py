@@ -201,9 +201,11 @@ class RiffusionModel:
         self._decoded = False
 
     @property
-    def decodes_with_vae(self) -> bool:
-        """Whether clips are decoded by the full VAE (0.75 GB of working memory at 512x512) rather than TAESD."""
-        return self._decoder is None
+    def decoder_takes_turns(self) -> bool:
+        """Whether the decoder should not run beside the UNet: the full VAE on a CPU, whose working
+        memory (0.75 GB at 512x512) would add to the UNet's, and whose threads gain nothing from
+        sharing the cores with the UNet's (see :class:`~riffstream.stream.sources.LocalSource`)."""
+        return self._decoder is None and self.options.device.upper().startswith("CPU")
 
     @classmethod
     def load(cls, options: ModelOptions, progress: bool = True) -> RiffusionModel:
@@ -273,7 +275,6 @@ class RiffusionModel:
                         precision=precision or "the device's default", weights=weights)
             if release_graphs:
                 model._warm_up()
-        trim_heap()  # what the compiles freed: 0.1 GB for the full-size model
         return model
 
     def _warm_up(self) -> None:
@@ -406,15 +407,17 @@ class RiffusionModel:
         x = np.ascontiguousarray(latents, dtype=np.float32)
         if self._decoder is not None:  # TAESD decodes the UNet's latents as they are, to [-1, 1]
             decoded = torch.from_numpy(np.asarray(self._decoder(x)[0]))
-        else:
-            # The full VAE's decode is the memory peak of a clip: it needs 0.75 GB of working
-            # memory at 512x512. Make room before it (the UNet's working memory, which a UNet
-            # busy in another thread keeps, and the C heap's free memory), and hand it back after.
+        elif self.decoder_takes_turns:
+            # The full VAE's decode is the memory peak of a clip on a CPU: it needs 0.75 GB of
+            # working memory at 512x512. Make room before it (the UNet's working memory, which a
+            # UNet busy in another thread keeps, and the C heap's free memory); hand it back after.
             _release_working_memory(pipe.unet.request)
             trim_heap()
             decoded = pipe.vae.decode(torch.from_numpy(x) / pipe.vae.config.scaling_factor)[0]
             _release_working_memory(pipe.vae_decoder.request)
             trim_heap()
+        else:
+            decoded = pipe.vae.decode(torch.from_numpy(x) / pipe.vae.config.scaling_factor)[0]
         if not self._decoded:  # the decoder's weights are repacked now: its file's pages are not read again
             self._decoded = True
             drop_weight_pages(self._weights)

@@ -192,7 +192,7 @@ class _Ticket:
 class LocalSource:
     """Clips made by a model in this process. With a small decoder (TAESD) two threads make them: the
     UNet denoises a clip while the decoder decodes the one before, so the UNet never waits for it.
-    With the full VAE one thread denoises and then decodes each clip. Measured on the full-size
+    With the full VAE on a CPU one thread denoises and then decodes each clip. Measured on the full-size
     model on two cores: overlapping made 8 TAESD clips 9% faster, but gained nothing consistent
     with the VAE (3 clips: 8% slower in bf16, 3% faster in f32), and the VAE's working memory
     (0.75 GB at 512x512) beside the UNet's was the peak of a quality render: taking turns
@@ -213,7 +213,7 @@ class LocalSource:
         self._closed = threading.Event()
         self._encoded: dict = {}  # starting images' latents, by the image's digest
         self._latest: np.ndarray | None = None  # the latents made last, for a continued clip
-        self._in_turn = bool(getattr(model, "decodes_with_vae", False))
+        self._in_turn = bool(getattr(model, "decoder_takes_turns", False))
         self._threads = [threading.Thread(target=self._denoise, name="riffstream-denoiser", daemon=True)]
         if not self._in_turn:
             self._threads.append(threading.Thread(target=self._decode, name="riffstream-decoder", daemon=True))
