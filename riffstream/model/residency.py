@@ -33,15 +33,20 @@ _MADV_DONTNEED = 4
 
 
 @functools.cache
-def _madvise():
+def _libc_function(name: str, *argtypes):
+    """The C library's function ``name`` on Linux, or None where there is none (not glibc, not Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.argtypes = list(argtypes)
     return function
+
+
+def _madvise():
+    return _libc_function("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def weight_mappings(folders: Iterable[Path]) -> list[tuple[int, int, str]]:
@@ -75,18 +80,6 @@ def drop_weight_pages(folders: Iterable[Path]) -> int:
     return advised
 
 
-@functools.cache
-def _malloc_trim():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    function.argtypes = [ctypes.c_size_t]
-    return function
-
-
 def trim_heap() -> None:
     """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``).
 
@@ -96,7 +89,7 @@ def trim_heap() -> None:
     the memory it hands back is faulted in again when next used (0.06 s on the next clip's
     audio), so it is for the moments before a memory peak, not for every clip.
     """
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim", ctypes.c_size_t)
     if trim is not None:
         trim(0)
 

@@ -407,17 +407,18 @@ class RiffusionModel:
         x = np.ascontiguousarray(latents, dtype=np.float32)
         if self._decoder is not None:  # TAESD decodes the UNet's latents as they are, to [-1, 1]
             decoded = torch.from_numpy(np.asarray(self._decoder(x)[0]))
-        elif self.decoder_takes_turns:
-            # The full VAE's decode is the memory peak of a clip on a CPU: it needs 0.75 GB of
-            # working memory at 512x512. Make room before it (the UNet's working memory, which a
-            # UNet busy in another thread keeps, and the C heap's free memory); hand it back after.
-            _release_working_memory(pipe.unet.request)
-            trim_heap()
-            decoded = pipe.vae.decode(torch.from_numpy(x) / pipe.vae.config.scaling_factor)[0]
-            _release_working_memory(pipe.vae_decoder.request)
-            trim_heap()
         else:
+            # On a CPU the full VAE's decode is a clip's memory peak: 0.75 GB of working memory at
+            # 512x512. Make room before it (the UNet's working memory, which a UNet busy in another
+            # thread keeps, and the C heap's free memory), and hand it back after.
+            in_turn = self.decoder_takes_turns
+            if in_turn:
+                _release_working_memory(pipe.unet.request)
+                trim_heap()
             decoded = pipe.vae.decode(torch.from_numpy(x) / pipe.vae.config.scaling_factor)[0]
+            if in_turn:
+                _release_working_memory(pipe.vae_decoder.request)
+                trim_heap()
         if not self._decoded:  # the decoder's weights are repacked now: its file's pages are not read again
             self._decoded = True
             drop_weight_pages(self._weights)
