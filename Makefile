@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # The real Riffusion weights when the Hub or the cache has them; the offline tiny model (noise) otherwise.
 ARGS ?= "lofi hip hop to smooth jazz" --duration 15 --no-play --out riff.wav --fallback-model tiny
 
-.PHONY: run test bench clean
+.PHONY: run check test clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	@ldconfig -p 2>/dev/null | grep -q libportaudio || { \
@@ -31,16 +31,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[test]"
-	@# optimum-intel lists torchvision, but Stable Diffusion never imports it, and PyPI's
-	@# torchvision fails to import beside the CPU build of torch, breaking optimum.intel.
-	$(PIP) uninstall -q -y torchvision
 	touch $@
 
 run: $(VENV)/.installed
 	$(PY) -m riffstream $(ARGS)
 
+# The inner loop: every test not marked slow, in about 3 minutes on 2 cores.
+check: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" --timeout 300
+
+# Everything (what CI runs): the real-time, whole-program and outside-service tests too,
+# with hypothesis's full derandomised runs.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --hypothesis-profile=ci
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .cache/tests

@@ -1,10 +1,19 @@
-"""Shared fixtures. One tiny random-weight model is exported per test session and reused."""
+"""Shared fixtures and the suite's two tiers.
 
+``make check`` runs every test not marked ``slow`` (the inner loop, about three minutes on
+two cores); ``make test`` runs them all. The tiny random-weight model is exported once and
+kept between test sessions (see :func:`shared_cache`), so the inner loop does not pay the
+export every time.
+"""
+
+import hashlib
+import importlib.metadata
 import os
 import signal
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.jack import jack_server  # noqa: F401 (a fixture: a private JACK server for live play)
 
@@ -15,20 +24,61 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY_SIZE = 128
 """Clip size (pixels) the shared tiny model is compiled for: small, so each step is milliseconds."""
 
+# Hypothesis: the full, derandomised runs for CI (``--hypothesis-profile ci``, what ``make test``
+# passes) and a tenth of them for the inner loop (``dev``, the default). Tests size their runs
+# with :func:`examples`, so both profiles keep each test's proportions.
+_COMMON = {"derandomize": True, "deadline": None,
+           "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
+settings.register_profile("ci", max_examples=100, **_COMMON)
+settings.register_profile("dev", max_examples=10, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def examples(full: int) -> int:
+    """How many examples a property test runs: ``full`` under the ``ci`` profile, a tenth (at least 3) under ``dev``."""
+    return max(3, round(full * settings.default.max_examples / 100))
+
+
+_MODEL_CODE = sorted((ROOT / "riffstream" / "model").glob("*.py"))
+_EXPORTERS = ("openvino", "optimum-intel", "optimum", "diffusers", "transformers", "torch", "nncf", "peft")
+
+
+def _cache_key() -> str:
+    """A digest of everything an export depends on: riffstream's model code and the exporting libraries' versions."""
+    digest = hashlib.sha256()
+    for path in _MODEL_CODE:
+        digest.update(path.name.encode() + path.read_bytes())
+    for name in _EXPORTERS:
+        try:
+            digest.update(f"{name}={importlib.metadata.version(name)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{name}=none".encode())
+    return digest.hexdigest()[:16]
+
 
 @pytest.fixture(scope="session")
-def model_cache_dir(tmp_path_factory) -> Path:
-    """A cache dir private to this test session (exports, compiled-model blobs)."""
-    return tmp_path_factory.mktemp("riffstream-cache")
+def model_cache_dir() -> Path:
+    """The model cache the tests share, kept between sessions: tiny exports and compiled blobs.
+
+    It lives in ``.cache/tests/<key>`` in the checkout (``RIFFSTREAM_TEST_CACHE`` moves it), where
+    the key changes with any edit to ``riffstream/model`` or any exporting library's version, so a
+    change to either is always tested on a fresh export. The store builds each entry under a file
+    lock and renames it into place, so sessions running at once share it safely.
+    """
+    root = Path(os.environ.get("RIFFSTREAM_TEST_CACHE", ROOT / ".cache" / "tests"))
+    folder = root / _cache_key()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_model(model_cache_dir):
-    """The tiny model, exported once per session through the same code path as real models; in f32,
-    the exact path the parity tests hold to diffusers' (bf16 has its own test and bound)."""
+    """The tiny model, exported through the same code path as real models; in f32, the exact path
+    the parity tests hold to diffusers' (bf16 has its own test and bound)."""
     from riffstream.model import ModelOptions, RiffusionModel
 
     options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, cache_dir=model_cache_dir, precision="f32")
@@ -37,5 +87,5 @@ def tiny_model(model_cache_dir):
 
 @pytest.fixture(scope="session")
 def tiny_exported(model_cache_dir, tiny_model) -> Path:
-    """The session cache dir, with the tiny model already exported (for CLI subprocesses)."""
+    """The shared cache dir, with the tiny model already exported (for CLI subprocesses)."""
     return model_cache_dir

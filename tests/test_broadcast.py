@@ -4,12 +4,13 @@ import io
 import threading
 import time
 
+import av
 import numpy as np
 import pytest
 import soundfile
 
 from riffstream.server.app import is_loopback, needs_token
-from riffstream.sinks.broadcast import Broadcast, EncodedStream, FellBehind, Chunk, split_mp3_frames, split_ogg_pages
+from riffstream.sinks.broadcast import Broadcast, EncodedStream, FellBehind, Chunk, split_ogg_pages
 from riffstream.stream import RealTimeClock, RingBuffer
 
 RATE = 44100
@@ -24,6 +25,18 @@ def dominant_frequency(samples: np.ndarray, rate: int) -> float:
     mono = samples if samples.ndim == 1 else samples.mean(axis=1)
     spectrum = np.abs(np.fft.rfft(mono * np.hanning(len(mono))))
     return float(np.argmax(spectrum) * rate / len(mono))
+
+
+def mp3_frames(data: bytes) -> list[bytes]:
+    """The whole MP3 frames in ``data``, as FFmpeg's MPEG audio parser cuts them (a partial frame is left out)."""
+    return [bytes(packet) for packet in av.CodecContext.create("mp3", "r").parse(data)]
+
+
+def decode_mp3_alone(data: bytes) -> int:
+    """Samples (per channel) a fresh MP3 decoder makes of ``data`` and nothing before it."""
+    decoder = av.CodecContext.create("mp3", "r")
+    frames = [frame for packet in decoder.parse(data) for frame in decoder.decode(packet)] + decoder.decode(None)
+    return sum(frame.samples for frame in frames)
 
 
 def encode(channels: int, seconds: float = 3.0) -> Broadcast:
@@ -61,14 +74,31 @@ def test_a_listener_joining_at_any_chunk_gets_decodable_audio():
 def test_mp3_chunks_are_whole_frames_and_ogg_chunks_whole_pages():
     broadcast = encode(1)
     for chunk in broadcast.streams["mp3"].read(0, 10_000):
-        frames, rest = split_mp3_frames(chunk.data)
-        assert frames and rest == b""
+        frames = mp3_frames(chunk.data)
+        assert frames and b"".join(frames) == chunk.data
     ogg = broadcast.streams["ogg"]
     header_pages, rest = split_ogg_pages(ogg.header)
     assert rest == b"" and [page[28:36] for page in header_pages] == [b"OpusHead", b"OpusTags"]
     for chunk in ogg.read(0, 10_000):
         pages, rest = split_ogg_pages(chunk.data)
         assert pages and rest == b""
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_each_mp3_chunk_is_whole_frames_that_decode_on_their_own_and_its_time_counts_them(channels):
+    """A listener can start at any chunk: each is whole frames a fresh decoder takes, stamped
+    with the stream time of its first frame (1152 samples a frame)."""
+    broadcast = encode(channels, seconds=2.0)
+    chunks = broadcast.streams["mp3"].read(0, 10_000)
+    frames_before = 0
+    for chunk in chunks:
+        frames = mp3_frames(chunk.data)
+        assert frames and b"".join(frames) == chunk.data, "a chunk is not a run of whole MP3 frames"
+        assert all(frame[:2] == b"\xff\xfb" and len(frame) in (417, 418) for frame in frames)
+        assert decode_mp3_alone(chunk.data) == 1152 * len(frames)
+        assert chunk.time == pytest.approx(frames_before * 1152 / RATE)
+        frames_before += len(frames)
+    assert frames_before * 1152 >= 2.0 * RATE, "the encoder dropped audio at the end"
 
 
 def test_chunk_times_follow_the_audio():
@@ -90,51 +120,57 @@ def test_the_log_keeps_a_bounded_window_and_says_when_a_cursor_fell_out_of_it():
     assert log.read(log.join_point(1.0), 100)[0].time == pytest.approx(8.9)
 
 
+class Capture:
+    """A live sink that keeps what it is handed and when (time.monotonic)."""
+
+    def __init__(self):
+        self.blocks, self.times, self.closed = [], [], False
+
+    def write(self, samples):
+        self.times.append(time.monotonic())
+        self.blocks.append(samples.copy())
+
+    def close(self):
+        self.closed = True
+
+    def never_ahead_of(self, began: float) -> None:
+        """Each block was handed out no sooner than its place in the stream says: real-time pace or
+        slower (a loaded machine can only be later), never faster."""
+        frames_before = np.cumsum([0] + [block.shape[1] for block in self.blocks[:-1]])
+        early = [began + frames / RATE - at for at, frames in zip(self.times, frames_before)]
+        assert max(early) <= 1e-3, f"a block went out {max(early):.3f} s before its time"
+
+
 def test_the_clock_hands_out_the_ring_at_real_time_pace_then_closes_its_sinks():
     audio = tone(1.0)
     ring = RingBuffer(2 * RATE, 1)
     ring.write(np.ascontiguousarray(audio.T.astype(np.float32)), threading.Event())
     ring.closed = True
-
-    class Capture:
-        def __init__(self):
-            self.blocks, self.closed = [], False
-
-        def write(self, samples):
-            self.blocks.append(samples.copy())
-
-        def close(self):
-            self.closed = True
-
     capture = Capture()
     clock = RealTimeClock(ring, RATE, [capture])
     began = time.monotonic()
     clock.start()
-    clock.drain(5)
-    elapsed = time.monotonic() - began
-    assert 0.85 < elapsed < 1.3
+    clock.drain(30)
     assert capture.closed and clock.underruns == 0
+    capture.never_ahead_of(began)
     np.testing.assert_array_equal(np.concatenate(capture.blocks, axis=1), audio.astype(np.float32))
 
 
 def test_the_clock_fills_an_underrun_with_silence_and_keeps_its_pace():
     ring = RingBuffer(RATE, 1)
-
-    class Count:
-        frames = 0
-
-        def write(self, samples):
-            Count.frames += samples.shape[1]
-
-        def close(self):
-            pass
-
-    clock = RealTimeClock(ring, RATE, [Count()])
+    capture = Capture()
+    clock = RealTimeClock(ring, RATE, [capture])
+    began = time.monotonic()
     clock.start()
-    time.sleep(0.5)
+    deadline = began + 30
+    while clock.frames_out < 0.3 * RATE:  # an empty ring: the clock goes on, with silence
+        assert time.monotonic() < deadline, "the clock stopped when the ring ran dry"
+        time.sleep(0.01)
     clock.close()
     assert clock.underruns > 0 and clock.silence_frames == clock.frames_out
-    assert 0.35 * RATE < Count.frames < 0.7 * RATE
+    assert sum(block.shape[1] for block in capture.blocks) == clock.frames_out
+    assert not np.concatenate(capture.blocks, axis=1).any()
+    capture.never_ahead_of(began)
 
 
 def test_a_token_is_needed_beyond_loopback_only():

@@ -4,7 +4,11 @@
 >>> model = RiffusionModel.load(ModelOptions(model="tiny"))
 """
 
-from riffstream.model.options import (
+from riffstream.model.compat import hide_broken_torchvision
+
+hide_broken_torchvision()  # before transformers, diffusers or optimum is first imported
+
+from riffstream.model.options import (  # noqa: E402
     DEFAULT_DECODER,
     DEFAULT_GUIDANCE,
     DEFAULT_MODEL,
@@ -14,8 +18,8 @@ from riffstream.model.options import (
     ModelOptions,
     default_cache_dir,
 )
-from riffstream.model.runtime import Generation, RiffusionModel, noise_for_seed
-from riffstream.model.store import resolve_decoder, resolve_ir
+from riffstream.model.runtime import Generation, RiffusionModel, noise_for_seed  # noqa: E402
+from riffstream.model.store import resolve_decoder, resolve_ir  # noqa: E402
 
 __all__ = [
     "DEFAULT_DECODER",

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from filelock import FileLock
 
 from riffstream import checks
 from riffstream.checks import check_number
@@ -162,25 +163,16 @@ def compiling(cache: Path) -> Iterator[None]:
     on one machine, a server beside a render) made one of them fail to load ("cannot set
     permissions: No such file or directory"). Under the lock the first process compiles and
     writes the blob, and the others then read it from the cache, which is faster anyway. The
-    lock is an ``flock``, so a process that dies holding it lets go of it.
+    lock is a ``filelock.FileLock`` (an ``flock`` on POSIX), so a process that dies holding it lets go of it.
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; compiles there are not serialised
-        yield
-        return
     folder = cache / "ov_compiled"
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            # Earlier layouts' blobs: of unknown precision (unusable), or full ones (superseded).
-            for blob in [*folder.glob("*.blob"), *(blob for name in ("f32", "bf16", "default")
-                                                  for blob in (folder / name).glob("*.blob"))]:
-                blob.unlink(missing_ok=True)
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with FileLock(folder / ".lock"):
+        # Earlier layouts' blobs: of unknown precision (unusable), or full ones (superseded).
+        for blob in [*folder.glob("*.blob"), *(blob for name in ("f32", "bf16", "default")
+                                              for blob in (folder / name).glob("*.blob"))]:
+            blob.unlink(missing_ok=True)
+        yield
 
 
 class RiffusionModel:

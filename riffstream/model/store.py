@@ -23,6 +23,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from filelock import FileLock
+
 from riffstream.errors import RiffstreamError
 from riffstream.model.checkpoint import check_folder, stage
 from riffstream.model.options import QUANTIZATIONS, TAESD, TAESD_HUB_ID, TINY_MODEL, ModelOptions
@@ -81,11 +83,22 @@ def build_atomically(target: Path, build: Callable[[Path], object], rebuild: boo
     """Run ``build(tmp)`` and rename the result to ``target``; a crash or a full disk leaves no half-made entry.
 
     A complete ``target`` is kept as it is, unless ``rebuild``: then it is replaced only once the new one is built.
+    One process builds an entry at a time (a file lock beside it, let go if its holder dies): a second process
+    that wanted it waits, then takes the finished entry instead of building it again and replacing it.
     """
     if is_complete(target) and not rebuild:
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(f".{target.name}.lock")):
+        if is_complete(target) and not rebuild:
+            return target
+        return _build(target, build)
+
+
+def _build(target: Path, build: Callable[[Path], object]) -> Path:
+    for stale in target.parent.glob(f"{target.name}.partial-*"):  # left by a holder of the lock that died
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         build(tmp)
