@@ -13,8 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
-
+import tests.fuzzing  # noqa: F401 (registers and loads Hypothesis's profiles)
 from tests.jack import jack_server  # noqa: F401 (a fixture: a private JACK server for live play)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,21 +26,6 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SIZE = 128
 """Clip size (pixels) the shared tiny model is compiled for: small, so each step is milliseconds."""
-
-# Hypothesis: the full, derandomised runs for CI (``--hypothesis-profile ci``, what ``make test``
-# passes) and a tenth of them for the inner loop (``dev``, the default). Tests size their runs
-# with :func:`examples`, so both profiles keep each test's proportions.
-_COMMON = {"derandomize": True, "deadline": None,
-           "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
-settings.register_profile("ci", max_examples=100, **_COMMON)
-settings.register_profile("dev", max_examples=10, **_COMMON)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-
-def examples(full: int) -> int:
-    """How many examples a property test runs: ``full`` under the ``ci`` profile, a tenth (at least 3) under ``dev``."""
-    return max(3, round(full * settings.default.max_examples / 100))
-
 
 _MODEL_CODE = sorted((ROOT / "riffstream" / "model").glob("*.py"))
 _EXPORTERS = ("openvino", "optimum-intel", "optimum", "diffusers", "transformers", "torch", "nncf", "peft")
@@ -89,3 +73,14 @@ def tiny_model(model_cache_dir):
 def tiny_exported(model_cache_dir, tiny_model) -> Path:
     """The shared cache dir, with the tiny model already exported (for CLI subprocesses)."""
     return model_cache_dir
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the model is loaded: for errors that must be found before the (slow) load."""
+    from riffstream.model import RiffusionModel
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error was found")
+
+    monkeypatch.setattr(RiffusionModel, "load", load)

@@ -35,7 +35,7 @@ JACK_WAIT = shutil.which("jack_wait")
 
 #: The real command line, with a Player that records what it takes from the ring buffer.
 DRIVER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     import numpy as np
     import riffstream.sinks as sinks
     from riffstream import cli
@@ -72,6 +72,22 @@ DRIVER = textwrap.dedent("""
             super().__init__(RecordingSource(source), *args, **kwargs)
 
     sinks.Player = RecordingPlayer
+
+    # A model slowed down on purpose: each clip's denoising takes at least this long, however
+    # fast the machine, so a test of play slower than real time holds on any machine.
+    floor = float(os.environ.get("RIFFSTREAM_TEST_DENOISE_SECONDS", "0"))
+    if floor > 0:
+        from riffstream.model import RiffusionModel
+
+        denoise = RiffusionModel.denoise
+
+        def slowed(self, *args, **kwargs):
+            began = time.monotonic()
+            latents = denoise(self, *args, **kwargs)
+            time.sleep(max(0.0, floor - (time.monotonic() - began)))
+            return latents
+
+        RiffusionModel.denoise = slowed
     sys.argv = ["riffstream", *sys.argv[4:]]
     sys.exit(cli.main())
 """)
@@ -122,11 +138,13 @@ def read_head(path):
         return None
 
 
-def play_recorded(folder, env, *args):
+def play_recorded(folder, env, *args, denoise_seconds: float = 0.0):
     """Start the recording driver on the real command line (``args``), playing into the JACK server of ``env``.
 
     What it played goes to ``folder/played.npy``; its counters (see ``DRIVER``) to ``folder/head.npy``.
+    ``denoise_seconds`` slows the model down: each clip's denoising takes at least that long.
     """
+    env = dict(env, RIFFSTREAM_TEST_DENOISE_SECONDS=str(denoise_seconds))
     driver = folder / "driver.py"
     driver.write_text(DRIVER)
     return subprocess.Popen(

@@ -13,6 +13,7 @@ from PIL import Image
 
 from riffstream.spectrogram import ExifTag
 from tests.fidelity import spectral_convergence_db
+from tests.running import assert_one_line_error, run_cli
 
 
 def riffstream(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -20,12 +21,13 @@ def riffstream(*args: str | Path, cwd: Path | None = None) -> subprocess.Complet
                           cwd=cwd, timeout=120)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("riffstream: error:") and fragment in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
+@pytest.fixture
+def refused(capsys):
+    """``refused(fragment, *args)``: ``riffstream ARGS``, run in this process, fails in one line holding ``fragment``."""
+    def check(fragment: str, *args: str | Path) -> None:
+        assert_one_line_error(*run_cli(capsys, *args), fragment)
+
+    return check
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -62,54 +64,53 @@ def test_audio_to_image_and_back_round_trips_through_files(tmp_path: Path, song:
     assert leftovers(tmp_path) == ["back.flac", "song.png", "song.wav"]
 
 
-def test_missing_image_is_one_line_error(tmp_path: Path) -> None:
-    assert_one_line_error(riffstream("image-to-audio", tmp_path / "nope.png", tmp_path / "out.wav"), "no such image")
+def test_missing_image_is_one_line_error(tmp_path: Path, refused) -> None:
+    refused("no such image", "image-to-audio", tmp_path / "nope.png", tmp_path / "out.wav")
     assert leftovers(tmp_path) == []
 
 
-def test_non_image_file_is_one_line_error(tmp_path: Path) -> None:
+def test_non_image_file_is_one_line_error(tmp_path: Path, refused) -> None:
     (tmp_path / "notes.png").write_text("these are not pixels")
-    assert_one_line_error(riffstream("image-to-audio", tmp_path / "notes.png", tmp_path / "out.wav"), "not an image")
+    refused("not an image", "image-to-audio", tmp_path / "notes.png", tmp_path / "out.wav")
     assert leftovers(tmp_path) == ["notes.png"]
 
 
-def test_corrupt_image_is_one_line_error(tmp_path: Path) -> None:
+def test_corrupt_image_is_one_line_error(tmp_path: Path, refused) -> None:
     Image.new("RGB", (512, 512), (90, 90, 90)).save(tmp_path / "whole.png")
     data = (tmp_path / "whole.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
-    assert_one_line_error(riffstream("image-to-audio", tmp_path / "cut.png", tmp_path / "out.wav"), "corrupt")
+    refused("corrupt", "image-to-audio", tmp_path / "cut.png", tmp_path / "out.wav")
     assert "out.wav" not in leftovers(tmp_path)
 
 
-def test_image_of_wrong_height_is_one_line_error(tmp_path: Path) -> None:
+def test_image_of_wrong_height_is_one_line_error(tmp_path: Path, refused) -> None:
     Image.new("RGB", (512, 256), (90, 90, 90)).save(tmp_path / "short.png")
-    assert_one_line_error(riffstream("image-to-audio", tmp_path / "short.png", tmp_path / "out.wav"), "256 pixels high")
+    refused("256 pixels high", "image-to-audio", tmp_path / "short.png", tmp_path / "out.wav")
     assert "out.wav" not in leftovers(tmp_path)
 
 
-def test_unwritable_output_is_one_line_error(tmp_path: Path, song: Path) -> None:
+def test_unwritable_output_is_one_line_error(tmp_path: Path, song: Path, refused) -> None:
     Image.new("RGB", (64, 512), (90, 90, 90)).save(tmp_path / "clip.png")
-    assert_one_line_error(riffstream("image-to-audio", tmp_path / "clip.png", tmp_path / "missing" / "out.wav"),
-                          "does not exist")
+    refused("does not exist", "image-to-audio", tmp_path / "clip.png", tmp_path / "missing" / "out.wav")
     (tmp_path / "folder.wav").mkdir()
-    assert_one_line_error(riffstream("image-to-audio", tmp_path / "clip.png", tmp_path / "folder.wav"), "directory")
-    assert_one_line_error(riffstream("image-to-audio", tmp_path / "clip.png", tmp_path / "out.mp4"), ".mp4")
-    assert_one_line_error(riffstream("audio-to-image", song, tmp_path / "missing" / "out.png"), "does not exist")
+    refused("directory", "image-to-audio", tmp_path / "clip.png", tmp_path / "folder.wav")
+    refused(".mp4", "image-to-audio", tmp_path / "clip.png", tmp_path / "out.mp4")
+    refused("does not exist", "audio-to-image", song, tmp_path / "missing" / "out.png")
     assert leftovers(tmp_path) == ["clip.png", "folder.wav", "song.wav"]
 
 
-def test_empty_and_silent_audio_are_one_line_errors(tmp_path: Path) -> None:
+def test_empty_and_silent_audio_are_one_line_errors(tmp_path: Path, refused) -> None:
     soundfile.write(tmp_path / "empty.wav", np.zeros(0), 44100)
     soundfile.write(tmp_path / "silent.wav", np.zeros(44100), 44100)
-    assert_one_line_error(riffstream("audio-to-image", tmp_path / "empty.wav", tmp_path / "a.png"), "no audio")
-    assert_one_line_error(riffstream("audio-to-image", tmp_path / "silent.wav", tmp_path / "b.png"), "silent")
-    assert_one_line_error(riffstream("audio-to-image", tmp_path / "missing.wav", tmp_path / "c.png"), "no such audio")
+    refused("no audio", "audio-to-image", tmp_path / "empty.wav", tmp_path / "a.png")
+    refused("silent", "audio-to-image", tmp_path / "silent.wav", tmp_path / "b.png")
+    refused("no such audio", "audio-to-image", tmp_path / "missing.wav", tmp_path / "c.png")
     (tmp_path / "text.wav").write_text("not audio")
-    assert_one_line_error(riffstream("audio-to-image", tmp_path / "text.wav", tmp_path / "d.png"), "cannot read")
+    refused("cannot read", "audio-to-image", tmp_path / "text.wav", tmp_path / "d.png")
     assert leftovers(tmp_path) == ["empty.wav", "silent.wav", "text.wav"]
 
 
-def test_several_images_are_stitched_into_one_file_as_the_stream_stitches(tmp_path: Path) -> None:
+def test_several_images_are_stitched_into_one_file_as_the_stream_stitches(tmp_path: Path, capsys) -> None:
     from riffstream.spectrogram import read_image
     from riffstream.stitch import stitch_images
 
@@ -118,10 +119,10 @@ def test_several_images_are_stitched_into_one_file_as_the_stream_stitches(tmp_pa
     for index, freq in enumerate((220.0, 330.0, 440.0)):
         note = 0.05 * np.exp(-t / 1.5) * (np.sin(2 * np.pi * freq * t) + 0.5 * np.sin(4 * np.pi * freq * t))
         soundfile.write(tmp_path / f"part{index}.wav", note, rate)
-        assert riffstream("audio-to-image", tmp_path / f"part{index}.wav", tmp_path / f"part{index}.png").returncode == 0
+        assert run_cli(capsys, "audio-to-image", tmp_path / f"part{index}.wav", tmp_path / f"part{index}.png")[0] == 0
     images = [tmp_path / f"part{index}.png" for index in range(3)]
-    result = riffstream("image-to-audio", *images, tmp_path / "joined.wav", "--crossfade", "0.5")
-    assert result.returncode == 0, result.stderr
+    code, stderr = run_cli(capsys, "image-to-audio", *images, tmp_path / "joined.wav", "--crossfade", "0.5")
+    assert code == 0, stderr
     joined, _ = soundfile.read(tmp_path / "joined.wav", dtype="float32")
     expected = stitch_images([read_image(path) for path in images], crossfade=0.5)[0]
     assert joined.shape == (3 * (301 - 50) * 441 + 50 * 441,) == expected.shape

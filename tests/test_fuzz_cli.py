@@ -20,15 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from riffstream import cli
 from riffstream.errors import RiffstreamError
+from tests.fuzzing import examples
 
-PLAN_EXAMPLES = 400
-RUN_EXAMPLES = 30
-CONVERT_EXAMPLES = 40
+PLAN_EXAMPLES = examples(400)
+RUN_EXAMPLES = examples(30)
+CONVERT_EXAMPLES = examples(40)
 
 ODD_NUMBERS = ["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e309", "-1e309", "0", "-0", "-1", "1", "2", "0.5",
                "1e9", "-1e9", "9" * 40, "", " ", "é", "١٢", "½", "0x10", "1_0", "3.", ".5", "1e-320", " 7 ", "2:30",
@@ -99,8 +100,7 @@ def generation_commands(draw, places: dict[str, Path]) -> list[str]:
     return argv + ["--no-play", "--out", draw(_paths(places, "out")), "--model", "tiny"]
 
 
-@settings(max_examples=PLAN_EXAMPLES, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=PLAN_EXAMPLES)
 @given(data=st.data())
 def test_every_generation_option_is_checked_before_the_model_loads(places, data):
     argv = data.draw(generation_commands(places))
@@ -150,8 +150,7 @@ def small_renders(draw, places: dict[str, Path]) -> list[str]:
     return argv + ["--no-play", "--out", draw(target)]
 
 
-@settings(max_examples=RUN_EXAMPLES, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=RUN_EXAMPLES)
 @given(data=st.data())
 def test_a_whole_command_ends_in_one_line_or_a_valid_file(places, tiny_exported, data):
     argv = data.draw(small_renders(places))
@@ -191,8 +190,7 @@ def _seconds(text: str) -> float:
     return parse_duration(text)
 
 
-@settings(max_examples=CONVERT_EXAMPLES, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=CONVERT_EXAMPLES)
 @given(data=st.data())
 def test_conversions_end_in_one_line_or_a_valid_file(places, data):
     spectrogram = places["root"] / "loop.png"

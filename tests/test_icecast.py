@@ -15,6 +15,7 @@ from riffstream.errors import RiffstreamError
 from riffstream.server.icecast import IcecastRejected, check_source, parse_icecast_url, push, run_source
 from riffstream.sinks.broadcast import Mp3Encoder
 from tests.icecast_server import SOURCE_PASSWORD, icecast
+from tests.running import assert_one_line_error, run_cli
 from tests.serving import FAST_SERVE, serving
 
 
@@ -136,8 +137,5 @@ def test_serve_with_a_refused_icecast_password_ends_in_one_line(server, tiny_exp
         f"riffstream: error: icecast at 127.0.0.1:{server.port} refused the source password for /m.mp3 (401)"]
 
 
-def test_serve_with_a_bad_icecast_address_ends_in_one_line():
-    result = subprocess.run([sys.executable, "-m", "riffstream", "serve", "--icecast", "ftp://x"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "not an Icecast address" in result.stderr
+def test_serve_with_a_bad_icecast_address_ends_in_one_line(capsys, no_model_load):
+    assert_one_line_error(*run_cli(capsys, "serve", "--icecast", "ftp://x"), "not an Icecast address")

@@ -5,8 +5,8 @@ embeddings, noise and scheduler, must produce 8-bit images that differ by at mos
 in any pixel and 0.05 levels on average (both run in f32; measured: max 1, mean < 1e-3).
 """
 
+import re
 import sys
-import time
 
 import numpy as np
 import PIL.Image
@@ -60,12 +60,20 @@ def init_image() -> PIL.Image.Image:
     return PIL.Image.fromarray(pixels)
 
 
-def test_tiny_model_shape(tiny_model):
+def test_the_tiny_model_paints_an_image_that_follows_its_prompt_and_seed(tiny_model):
     assert tiny_model.is_tiny
     assert tiny_model.latents_shape == (1, 4, TINY_SIZE // 8, TINY_SIZE // 8)
-    result = tiny_model.generate(tiny_model.encode_prompt("x"), latents=noise_for_seed(0, tiny_model.latents_shape), steps=2)
-    assert result.image.mode == "RGB" and result.image.size == (TINY_SIZE, TINY_SIZE)
-    assert result.latents is None
+
+    def paint(prompt: str, seed: int) -> np.ndarray:
+        result = tiny_model.generate(tiny_model.encode_prompt(prompt), latents=noise_for_seed(seed, tiny_model.latents_shape),
+                                     steps=2)
+        assert result.image.mode == "RGB" and result.image.size == (TINY_SIZE, TINY_SIZE) and result.latents is None
+        return _pixels(result.image)
+
+    image = paint("x", 0)
+    assert image.std() > 1  # not a flat image
+    np.testing.assert_array_equal(paint("x", 0), image)  # the same inputs, the same image
+    assert not np.array_equal(paint("y", 0), image) and not np.array_equal(paint("x", 1), image)
 
 
 def test_parity_txt2img_with_diffusers(tiny_model, torch_pipes):
@@ -294,10 +302,13 @@ def test_the_vae_hands_its_working_memory_back_after_each_decode(tiny_model):
     after_decode = _resident_set()
     model._pipe.vae.decode(torch.from_numpy(latents) / model._pipe.vae.config.scaling_factor)  # keeps it
     held = _resident_set()
-    assert held - after_decode > 25e6, (held - after_decode) / 1e6
+    kept = held - after_decode
+    assert kept > 25e6, kept / 1e6
     _release_working_memory(model._pipe.vae_decoder.request)
     again = model.decode(latents)
-    assert _resident_set() < held - 25e6
+    # decode() hands it back again: most of what the kept decode held is gone (a share of what
+    # was measured, so that the bound scales with the machine's allocator and page sizes).
+    assert _resident_set() < held - 0.6 * kept, (held - _resident_set()) / 1e6
     # Released memory is allocated again when the next decode needs it: the same image comes out.
     np.testing.assert_array_equal(_pixels(again), _pixels(first))
 
@@ -317,14 +328,26 @@ def test_tiny_weights_are_reproducible(tmp_path):
         assert (first / part).read_bytes() == (second / part).read_bytes()
 
 
-def test_int8_variant_is_cached_separately(tiny_model):
+def _weight_types(ir) -> set[str]:
+    """The element types of the UNet's constants (its weights among them)."""
+    return set(re.findall(r'<data element_type="(\w+)" shape="[^"]*" offset', (ir / "unet" / "openvino_model.xml").read_text()))
+
+
+def test_int8_variant_is_cached_separately_with_its_weights_in_8_bits(tiny_model):
     options = ModelOptions(
         model="tiny", height=TINY_SIZE, width=TINY_SIZE, quantization="int8", cache_dir=tiny_model.options.cache_dir
     )
     model = RiffusionModel.load(options, progress=False)
-    assert store.resolve_ir(options) != store.resolve_ir(tiny_model.options)
-    result = model.generate(model.encode_prompt("x"), latents=noise_for_seed(0, model.latents_shape), steps=2)
-    assert result.image.size == (TINY_SIZE, TINY_SIZE)
+    int8, f32 = store.resolve_ir(options), store.resolve_ir(tiny_model.options)
+    assert int8 != f32
+    # The weights are stored as 8-bit integers (about a quarter of the file), decompressed as they are used.
+    assert "u8" in _weight_types(int8) and "u8" not in _weight_types(f32)
+    size = (int8 / "unet" / "openvino_model.bin").stat().st_size
+    assert size < 0.35 * (f32 / "unet" / "openvino_model.bin").stat().st_size
+    embeds, noise = model.encode_prompt("x"), noise_for_seed(0, model.latents_shape)
+    image = _pixels(model.generate(embeds, latents=noise, steps=2).image)
+    reference = _pixels(tiny_model.generate(tiny_model.encode_prompt("x"), latents=noise, steps=2).image)
+    assert image.shape == reference.shape and not np.array_equal(image, reference)
 
 
 @pytest.mark.parametrize("model", ["/nonexistent/riffusion", "./no/such/folder", "not a model id!"])
@@ -345,12 +368,16 @@ def test_hub_model_offline_without_cache_fails_fast(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    start = time.monotonic()
+    import httpx
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was asked, offline")
+
+    monkeypatch.setattr(httpx.Client, "send", no_network)  # fail fast: no request, so no retry or time-out
     with pytest.raises(RiffstreamError) as excinfo:
         RiffusionModel.load(ModelOptions(model="riffstream-test/not-cached", cache_dir=tmp_path), progress=False)
     message = _one_line_error(excinfo)
     assert "riffstream download riffstream-test/not-cached" in message and "--model" in message
-    assert time.monotonic() - start < 30
 
 
 @pytest.mark.parametrize("device", ["GPU", "TPU"])

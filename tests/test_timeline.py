@@ -11,6 +11,7 @@ import pytest
 
 from riffstream.errors import RiffstreamError
 from riffstream.timeline import TimelineJourney, parse_timeline, read_timeline
+from tests.running import assert_one_line_error, run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "timeline.toml"
 ADVANCE = 4.12  # seconds from one clip's start to the next (512 columns, 1-s crossfade)
@@ -160,9 +161,11 @@ def test_a_finite_timeline_render_takes_no_typed_prompts():
 # ---------------------------------------------------------------- from the command line
 
 
+FAST = ["--model", "tiny", "--width", "64", "--steps", "2", "--no-progress"]
+
+
 def _render(cache, folder, *args):
-    command = [sys.executable, "-m", "riffstream", "--model", "tiny", "--width", "64", "--steps", "2",
-               "--no-progress", "--cache-dir", str(cache), "--no-play", *args]
+    command = [sys.executable, "-m", "riffstream", *FAST, "--cache-dir", str(cache), "--no-play", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=folder)
 
 
@@ -211,13 +214,13 @@ def test_a_timeline_render_is_planned_from_it_and_repeats_exactly(tiny_exported,
     (["--timeline", "bad.toml"], "bad.toml:4: unknown key 'tempo' in entry 1"),
     (["lofi", "--timeline", "good.toml"], "not both"),
 ])
-def test_timeline_mistakes_on_the_command_line_get_one_line(tiny_exported, tmp_path, args, message):
+def test_timeline_mistakes_on_the_command_line_get_one_line(tiny_exported, tmp_path, args, message, capsys,
+                                                          monkeypatch, no_model_load):
     (tmp_path / "bad.toml").write_text('[[entry]]\ntime = "0:00"\nprompt = "a"\ntempo = 90\n')
     (tmp_path / "good.toml").write_text('[[entry]]\ntime = "0:00"\nprompt = "a"\n')
-    result = _render(tiny_exported, tmp_path, *args, "--out", "x.wav", "--duration", "5")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(*run_cli(capsys, *args, *FAST, "--cache-dir", tiny_exported, "--no-play", "--out", "x.wav",
+                                   "--duration", "5"), message)
     assert not (tmp_path / "x.wav").exists()
 
 
