@@ -13,10 +13,11 @@ import time
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 
 from riffstream.cli import main
 from riffstream.stitch import DEFAULT_CROSSFADE
-from tests.running import clip_records, wait_for
+from tests.running import clip_records, run_cli, wait_for
 
 WIDTH = 64
 RATE = 44100
@@ -105,16 +106,22 @@ def test_sigterm_mid_render_leaves_a_valid_file(tiny_exported, tmp_path):
     assert audio.shape == (clips * (CLIP - overlap) + overlap,)
 
 
-def test_the_taesd_decoder_renders_the_exact_duration(tiny_exported, tmp_path):
-    out = tmp_path / "taesd.flac"
-    result = subprocess.run(
-        _command(tiny_exported, "lofi to jazz", "--duration", "1.5", "--seed", "3", "--no-play", "--out", str(out),
-                 "--decoder", "taesd"),
-        env=_env(), capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr
-    rendered, rate = soundfile.read(out, dtype="float32")
-    assert rate == RATE and rendered.shape == (int(1.5 * RATE),)
-    assert np.sqrt(np.mean(rendered**2)) > 1e-3
+def test_the_taesd_decoder_renders_the_exact_duration_with_its_own_pictures(tiny_exported, tmp_path, capsys):
+    def render(decoder: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        out, spec = tmp_path / f"{decoder}.flac", tmp_path / decoder
+        code, stderr = run_cli(capsys, "lofi to jazz", "--duration", "1.5", "--seed", "3", "--no-play", "--out", out,
+                               "--save-spectrograms", spec, "--decoder", decoder, *FAST, "--cache-dir", tiny_exported)
+        assert code == 0, stderr
+        audio, rate = soundfile.read(out, dtype="float32")
+        assert rate == RATE and audio.shape == (int(1.5 * RATE),) and np.sqrt(np.mean(audio**2)) > 1e-3
+        return audio, [np.asarray(Image.open(png)) for png in sorted(spec.glob("clip-*.png"))]
+
+    taesd, taesd_clips = render("taesd")
+    vae, vae_clips = render("vae")
+    # The same latents, decoded by another decoder: every clip's picture differs, and so does the sound.
+    assert len(taesd_clips) == len(vae_clips) >= 3
+    assert all(a.shape == b.shape and not np.array_equal(a, b) for a, b in zip(taesd_clips, vae_clips))
+    assert not np.allclose(taesd, vae, atol=1e-3)
 
 
 # ---------------------------------------------------------------- bad input: one line, non-zero, nothing written

@@ -219,8 +219,14 @@ def test_conversions_end_in_one_line_or_a_valid_file(places, data):
         if out.suffix == ".png":
             from PIL import Image
 
+            # Only the 1-s loop converts: its picture is 101 columns of 10 ms, dark (loud) where its
+            # two 0.1-s pulses are and white (silent) between them.
+            assert source == str(places["loop"]), argv
             with Image.open(out) as image:
-                assert image.width > 0 and np.asarray(image).any()
+                assert image.size == (101, 512), (argv, image.size)
+                columns = np.asarray(image.convert("L"), dtype=np.float64).mean(axis=0)
+            for pulse, gap in ((slice(0, 10), slice(20, 40)), (slice(48, 60), slice(70, 95))):
+                assert columns[pulse].mean() < columns[gap].mean() - 20, (argv, columns.round())
         else:
             _sound(out, argv)
         out.unlink()
