@@ -50,6 +50,7 @@ def song(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_audio_to_image_and_back_round_trips_through_files(tmp_path: Path, song: Path) -> None:
     image_path, audio_path = tmp_path / "song.png", tmp_path / "back.flac"
     made = riffstream("audio-to-image", song, image_path)

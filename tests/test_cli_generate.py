@@ -36,6 +36,7 @@ def _env(home=None):
     return env
 
 
+@pytest.mark.slow
 def test_live_output_equals_the_rendered_file(tiny_exported, tmp_path):
     home, played, out = tmp_path / "home", tmp_path / "played.raw", tmp_path / "out.wav"
     home.mkdir()
@@ -55,6 +56,7 @@ def test_live_output_equals_the_rendered_file(tiny_exported, tmp_path):
     assert not np.any(captured[start + rendered.size:])
 
 
+@pytest.mark.slow
 def test_a_typed_prompt_queues_a_transition_and_ctrl_c_keeps_a_valid_file(tiny_exported, tmp_path):
     out, spec = tmp_path / "endless.wav", tmp_path / "spec"
     process = subprocess.Popen(
@@ -86,6 +88,7 @@ def test_a_typed_prompt_queues_a_transition_and_ctrl_c_keeps_a_valid_file(tiny_e
     assert not list(tmp_path.glob(".*.partial"))
 
 
+@pytest.mark.slow
 def test_sigterm_mid_render_leaves_a_valid_file(tiny_exported, tmp_path):
     out, spec = tmp_path / "long.flac", tmp_path / "spec"
     process = subprocess.Popen(
@@ -178,6 +181,7 @@ def test_help_documents_the_options(capsys):
         assert option in text
 
 
+@pytest.mark.slow
 def test_typing_in_a_terminal_never_lands_on_the_progress_bar(tiny_exported, tmp_path):
     """In a real pseudo-terminal, the line being typed shows in the bar ("> ja"), is never echoed
     onto the bar's line, and once sent stands on a line of its own."""

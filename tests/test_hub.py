@@ -130,6 +130,7 @@ def first_start(hub, tmp_path_factory):
     return tmp, env, result, out
 
 
+@pytest.mark.slow
 def test_the_default_model_downloads_only_what_the_pipeline_runs_and_renders(hub, first_start, tiny_exported,
                                                                              tmp_path, capsys):
     tmp, env, result, out = first_start
@@ -153,6 +154,7 @@ def test_the_default_model_downloads_only_what_the_pipeline_runs_and_renders(hub
     assert f"cached the OpenVINO export in {tmp / 'cache' / 'models'}" in lines
 
 
+@pytest.mark.slow
 def test_a_second_start_without_network_loads_from_the_caches(hub, first_start):
     tmp, env, first, _ = first_start
     assert first.returncode == 0, first.stderr
@@ -166,6 +168,7 @@ def test_a_second_start_without_network_loads_from_the_caches(hub, first_start):
     np.testing.assert_array_equal(soundfile.read(out)[0], soundfile.read(first_start[3])[0])
 
 
+@pytest.mark.slow
 def test_a_model_another_tool_fetched_is_exported_without_network(hub, first_start, tmp_path):
     tmp, env, first, _ = first_start
     assert first.returncode == 0, first.stderr
@@ -176,6 +179,7 @@ def test_a_model_another_tool_fetched_is_exported_without_network(hub, first_sta
     assert "plays offline" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_whole_local_download_renders(published, tmp_path):
     """The folder `huggingface-cli download --local-dir` makes: safety checker, .ckpt and traced UNet included."""
     out = tmp_path / "whole.wav"
@@ -185,6 +189,7 @@ def test_a_whole_local_download_renders(published, tmp_path):
     assert soundfile.info(out).frames == 2 * 44100
 
 
+@pytest.mark.slow
 def test_a_folder_of_only_the_pipeline_parts_renders(published, tmp_path):
     folder = tmp_path / "parts"
     for name in PIPELINE_FILES:
@@ -205,6 +210,7 @@ def twins_downloaded(hub, tmp_path_factory):
     return env, _run(["download", "riffstream-test/with-safetensors", "--no-progress"], env)
 
 
+@pytest.mark.slow
 def test_safetensors_are_preferred_and_no_format_is_fetched_twice(hub, twins_downloaded):
     _, result = twins_downloaded
     assert result.returncode == 0, result.stderr
@@ -214,6 +220,7 @@ def test_safetensors_are_preferred_and_no_format_is_fetched_twice(hub, twins_dow
                        "text_encoder/model.safetensors"}
 
 
+@pytest.mark.slow
 def test_download_reexports_only_when_the_hub_has_a_new_commit(hub, twins_downloaded, tmp_path):
     env, first = twins_downloaded
     assert first.returncode == 0, first.stderr
@@ -249,6 +256,7 @@ def test_the_file_choice_keeps_one_full_precision_format_per_part():
                        "vae/diffusion_pytorch_model.safetensors.index.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["download", "riffusion/gated-model"], "is gated on the Hugging Face Hub"),
     (["download", "riffusion/no-such-model"], "was not found on the Hugging Face Hub"),
@@ -261,6 +269,7 @@ def test_hub_errors_are_one_line_and_leave_no_cache_entry(hub, tmp_path, args, e
     assert not _snapshot_files(tmp_path / "hf", args[1])
 
 
+@pytest.mark.slow
 def test_a_hub_repo_that_is_not_sd1_is_refused_before_any_weights_download(hub, tmp_path):
     result = _run(["download", "riffstream-test/sdxl-like", "--no-progress"], _env(tmp_path, hub.url))
     assert "is a Stable Diffusion XL pipeline" in _one_line_error(result)
@@ -268,6 +277,7 @@ def test_a_hub_repo_that_is_not_sd1_is_refused_before_any_weights_download(hub, 
     _no_half_made_entries(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_connection_that_keeps_breaking_mid_file_is_one_line_and_leaves_no_cache_entry(hub, tmp_path):
     hub.drop_after(REPO, "unet/diffusion_pytorch_model.bin", nbytes=200_000, times=50)
     try:
@@ -279,6 +289,7 @@ def test_a_connection_that_keeps_breaking_mid_file_is_one_line_and_leaves_no_cac
     assert "unet/diffusion_pytorch_model.bin" not in _snapshot_files(tmp_path / "hf", REPO)
 
 
+@pytest.mark.slow
 def test_an_interrupted_download_resumes_where_it_broke_off(hub, published, first_start, tmp_path):
     """The client writes in 10 MiB pieces; at 256 KiB the tiny UNet behaves as the real 3.4 GB one does."""
     name = "unet/diffusion_pytorch_model.bin"
@@ -305,6 +316,7 @@ def _tmpfs(folder: Path, size: str):
     return folder
 
 
+@pytest.mark.slow
 def test_a_full_disk_for_the_download_is_one_line_before_anything_is_fetched(hub, tmp_path):
     small = _tmpfs(tmp_path / "small", "2m")
     try:
@@ -319,6 +331,7 @@ def test_a_full_disk_for_the_download_is_one_line_before_anything_is_fetched(hub
     _no_half_made_entries(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_the_export_is_one_line_and_leaves_no_half_made_export(hub, published, tmp_path):
     cache = _tmpfs(tmp_path / "cache", "3m")
     try:
@@ -330,6 +343,7 @@ def test_a_full_disk_during_the_export_is_one_line_and_leaves_no_half_made_expor
         subprocess.run(["umount", str(cache)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index, expected", [
     ({"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"]},
      "Stable Diffusion XL"),
@@ -353,6 +367,7 @@ def test_a_checkpoint_that_is_not_sd1_text_to_image_is_one_line(published, tmp_p
     _no_half_made_entries(tmp_path)
 
 
+@pytest.mark.slow
 def test_without_network_the_fallback_model_plays_and_says_so(tiny_exported, tmp_path):
     out = tmp_path / "fallback.wav"
     offline = dict(_env(tmp_path, DEAD_ENDPOINT), RIFFSTREAM_CACHE=str(tiny_exported))
@@ -364,6 +379,7 @@ def test_without_network_the_fallback_model_plays_and_says_so(tiny_exported, tmp
     assert "riffstream download riffusion/riffusion-model-v1" in _one_line_error(plain)
 
 
+@pytest.mark.slow
 def test_the_live_preset_fetches_lcm_lora_and_taesd_once_then_plays_offline(hub, first_start, tmp_path):
     tmp, env, first, _ = first_start
     assert first.returncode == 0, first.stderr
@@ -385,6 +401,7 @@ def test_the_live_preset_fetches_lcm_lora_and_taesd_once_then_plays_offline(hub,
     assert not np.allclose(live[: len(quality)], quality)
 
 
+@pytest.mark.slow
 def test_without_network_an_uncached_lora_is_one_line_that_says_how_to_get_it(hub, first_start, tmp_path):
     tmp, env, first, _ = first_start
     assert first.returncode == 0, first.stderr

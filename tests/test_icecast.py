@@ -49,6 +49,7 @@ def dominant_frequency(data: bytes) -> float:
     return float(np.argmax(spectrum) * rate / len(mono)), len(mono) / rate
 
 
+@pytest.mark.slow
 def test_a_pushed_stream_reaches_icecast_listeners_as_valid_audio(server):
     target = parse_icecast_url(server.url("/tone.mp3"))
     pushing = threading.Thread(target=asyncio.run, args=(push(target, paced(tone_mp3(6.0)), "audio/mpeg"),))
@@ -63,6 +64,7 @@ def test_a_pushed_stream_reaches_icecast_listeners_as_valid_audio(server):
     assert seconds > 1.0 and abs(frequency - 440) < 3
 
 
+@pytest.mark.slow
 def test_a_wrong_password_is_refused_in_one_line_without_the_password(server):
     target = parse_icecast_url(server.url("/x.mp3", password="not-the-password"))
     with pytest.raises(IcecastRejected) as refused:
@@ -72,6 +74,7 @@ def test_a_wrong_password_is_refused_in_one_line_without_the_password(server):
     asyncio.run(check_source(parse_icecast_url(server.url("/x.mp3")), "audio/mpeg"))
 
 
+@pytest.mark.slow
 def test_the_source_reconnects_after_icecast_drops_it(server):
     target = parse_icecast_url(server.url("/again.mp3"))
     chunks = tone_mp3(30.0)
@@ -116,6 +119,7 @@ def test_unusable_icecast_addresses_get_one_line_without_the_password(url):
     assert "\n" not in str(error.value) and ":pw@" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_serve_pushes_its_stream_to_icecast(server, tiny_exported, tmp_path):
     with serving(tiny_exported, tmp_path, "--icecast", server.url("/riffstream.mp3")) as station:
         deadline = time.monotonic() + 20
@@ -128,6 +132,7 @@ def test_serve_pushes_its_stream_to_icecast(server, tiny_exported, tmp_path):
         assert "icecast: streaming to http://127.0.0.1" in station.stderr()
 
 
+@pytest.mark.slow
 def test_serve_with_a_refused_icecast_password_ends_in_one_line(server, tiny_exported):
     result = subprocess.run([sys.executable, "-m", "riffstream", "serve", "lofi", *FAST_SERVE, "--cache-dir",
                              str(tiny_exported), "--icecast", server.url("/m.mp3", password="wrong-one")],

@@ -57,6 +57,7 @@ def _play(folder, cache, env, *args):
                          denoise_seconds=DENOISE_SECONDS)
 
 
+@pytest.mark.slow
 def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_time(tiny_exported, jack_server, tmp_path):
     out, spec = tmp_path / "endless.wav", tmp_path / "spec"
     played, head_path = tmp_path / "played.npy", tmp_path / "head.npy"
@@ -122,6 +123,7 @@ def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_ti
     assert level.min() > level.mean() / 3, f"a dip at {(edge + np.argmin(level) * window) / RATE:.2f} s"
 
 
+@pytest.mark.slow
 def test_a_finite_render_starts_playing_early_enough_to_never_run_dry(tiny_exported, jack_server, tmp_path):
     duration = 6.0
     out, spec = tmp_path / "journey.wav", tmp_path / "spec"

@@ -21,6 +21,7 @@ def meter(audio: np.ndarray) -> float:
     return float(pyloudnorm.Meter(RATE).integrated_loudness(audio.T.astype(np.float64)))
 
 
+@pytest.mark.slow
 def test_integrated_loudness_of_weighted_power_matches_pyloudnorm_on_real_music(music: np.ndarray) -> None:
     stereo = np.stack([music, 0.5 * np.roll(music, 3000)])
     window = LoudnessWindow(RATE, 60.0)
@@ -28,6 +29,7 @@ def test_integrated_loudness_of_weighted_power_matches_pyloudnorm_on_real_music(
         assert integrated_loudness(window.weigh(audio), RATE) == pytest.approx(meter(audio), abs=0.02)
 
 
+@pytest.mark.slow
 def test_a_candidate_gain_is_measured_as_the_gained_audio_would_be(music: np.ndarray) -> None:
     window = LoudnessWindow(RATE, 20.0)
     first, second = music[None, : 15 * RATE], music[None, 15 * RATE :]
@@ -39,6 +41,7 @@ def test_a_candidate_gain_is_measured_as_the_gained_audio_would_be(music: np.nda
         assert window.loudness_with(window.weigh(second) * gain**2) == pytest.approx(meter(heard), abs=0.05)
 
 
+@pytest.mark.slow
 def test_the_window_keeps_a_minute_whatever_the_stream_has_played(music: np.ndarray) -> None:
     window = LoudnessWindow(RATE, 10.0)
     quiet = window.weigh(0.01 * music[None, : 7 * RATE + 123])

@@ -6,6 +6,7 @@ in any pixel and 0.05 levels on average (both run in f32; measured: max 1, mean 
 """
 
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -177,11 +178,11 @@ def test_encode_prompt_is_cached(tiny_model, monkeypatch):
     assert not first.flags.writeable
 
 
+@pytest.mark.slow
 def test_processes_compiling_the_same_model_at_once_all_load_it(tiny_exported, tmp_path):
     """Ray workers on one machine load the same model at the same moment. OpenVINO writes its
     compiled-model cache in place, so without riffstream's lock one of three or four such
     processes failed to load here ("cannot set permissions: No such file or directory")."""
-    import shutil
     import subprocess
     import sys
 
@@ -198,6 +199,7 @@ def test_processes_compiling_the_same_model_at_once_all_load_it(tiny_exported, t
         assert list((cache / "ov_compiled").rglob("*.blob"))
 
 
+@pytest.mark.slow
 def test_each_precision_compiles_into_a_cache_of_its_own(tiny_exported, tmp_path):
     """OpenVINO's cache key leaves out the precision hint: an f32 compile then a bf16 load from one
     folder reused the f32 blob, and crashed on an AMX CPU. Renders in f32 and then at the CPU's own
@@ -222,11 +224,22 @@ def test_each_precision_compiles_into_a_cache_of_its_own(tiny_exported, tmp_path
         assert list(compiled_cache(cache, None if auto == "default" else auto).glob("*.blob"))
 
 
-def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
-    ir = store.resolve_ir(tiny_model.options)
+@pytest.fixture(scope="module")
+def own_cache(tiny_model, model_cache_dir, tmp_path_factory):
+    """A cache holding a copy of the shared tiny export and, once loaded there, only this model's compiled blobs
+    (the shared cache keeps every blob any test compiled, in any session)."""
+    cache = tmp_path_factory.mktemp("own-cache")
+    shutil.copytree(model_cache_dir / "models", cache / "models")
+    options = ModelOptions(model="tiny", height=TINY_SIZE, width=TINY_SIZE, cache_dir=cache, precision="f32")
+    RiffusionModel.load(options, progress=False)
+    return options
+
+
+def test_second_load_reuses_the_cache(tiny_model, own_cache, monkeypatch):
+    ir = store.resolve_ir(own_cache)
     xml = ir / "unet" / "openvino_model.xml"
     mtime = xml.stat().st_mtime_ns
-    blobs = list((model_cache_dir / "ov_compiled").rglob("*.blob"))
+    blobs = list((own_cache.cache / "ov_compiled").rglob("*.blob"))
     assert blobs, "OpenVINO's compiled-model cache (CACHE_DIR) was not written"
 
     def fail(*args, **kwargs):
@@ -234,9 +247,9 @@ def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
 
     monkeypatch.setattr(store, "_export", fail)
     monkeypatch.setattr(tm, "build_tiny_pipeline", fail)
-    again = RiffusionModel.load(tiny_model.options, progress=False)
+    again = RiffusionModel.load(own_cache, progress=False)
     assert xml.stat().st_mtime_ns == mtime
-    assert {b.name for b in (model_cache_dir / "ov_compiled").rglob("*.blob")} == {b.name for b in blobs}
+    assert {b.name for b in (own_cache.cache / "ov_compiled").rglob("*.blob")} == {b.name for b in blobs}
     embeds = tiny_model.encode_prompt("same")
     noise = noise_for_seed(1, tiny_model.latents_shape)
     np.testing.assert_array_equal(
@@ -245,11 +258,11 @@ def test_second_load_reuses_the_cache(tiny_model, model_cache_dir, monkeypatch):
     )
 
 
-def test_compiled_blobs_hold_no_copy_of_the_weights(tiny_model, model_cache_dir):
+def test_compiled_blobs_hold_no_copy_of_the_weights(own_cache):
     # A full blob is a second copy of the weights on disk, and loading one made both resident.
-    ir = store.resolve_ir(tiny_model.options)
+    ir = store.resolve_ir(own_cache)
     weights = (ir / "unet" / "openvino_model.bin").stat().st_size
-    blobs = list((model_cache_dir / "ov_compiled").rglob("*.blob"))
+    blobs = list((own_cache.cache / "ov_compiled").rglob("*.blob"))
     assert blobs
     assert max(blob.stat().st_size for blob in blobs) < weights / 4
 

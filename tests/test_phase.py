@@ -47,6 +47,7 @@ def test_a_blank_image_gives_silence_not_nan() -> None:
     assert audio.shape == (64 * 441,) and not audio.any()
 
 
+@pytest.mark.slow
 def test_reconstruction_is_deterministic_and_time_aligned(music: np.ndarray) -> None:
     image = audio_to_image(music, 44100)
     first, second = image_to_audio(image), image_to_audio(image)
@@ -68,6 +69,7 @@ def test_reconstruction_is_deterministic_and_time_aligned(music: np.ndarray) -> 
     assert abs(lags[int(np.argmax(correlation))]) <= 1
 
 
+@pytest.mark.slow
 def test_pghi_recovers_phase_from_a_true_magnitude(music: np.ndarray) -> None:
     # Magnitudes taken from the real audio itself (no mel loss), at the working rate.
     import scipy.signal
@@ -94,6 +96,7 @@ def test_pghi_recovers_phase_from_a_true_magnitude(music: np.ndarray) -> None:
     assert spectral_convergence_db(music, refined) < -27.0
 
 
+@pytest.mark.slow
 def test_mel_inversion_equals_riffusions_least_squares_on_the_coarse_grid(music: np.ndarray) -> None:
     import torch
 
@@ -108,6 +111,7 @@ def test_mel_inversion_equals_riffusions_least_squares_on_the_coarse_grid(music:
     np.testing.assert_allclose(ours, theirs[:, : ours.shape[1]], atol=1e-4 * theirs.max())
 
 
+@pytest.mark.slow
 def test_fidelity_on_real_music_beats_riffusions_converter(music: np.ndarray) -> None:
     image = audio_to_image(music, 44100)
     ours = image_to_audio(image)
@@ -125,6 +129,7 @@ HARD_CLIPS = [("music-game", 85.0), ("tt1", 36.0), ("MadeiraStew", 22.0),
               ("03_-_Robert_van_Herk_-_Architectural_Contemplations", 1578936 / 44100)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("track, offset", HARD_CLIPS)
 def test_no_worse_than_riffusions_converter_on_clips_it_used_to_lose(track: str, offset: float) -> None:
     music = music_or_skip(5.12, offset=offset, track=track)
@@ -134,6 +139,7 @@ def test_no_worse_than_riffusions_converter_on_clips_it_used_to_lose(track: str,
     assert ours <= reference
 
 
+@pytest.mark.slow
 def test_a_hard_clip_goes_on_past_the_base_iterations_unless_held_to_them() -> None:
     from riffstream.phase import DEFAULT_ITERATIONS, reconstruct
 
@@ -143,6 +149,7 @@ def test_a_hard_clip_goes_on_past_the_base_iterations_unless_held_to_them() -> N
     assert reconstruct(mel, PARAMS, adaptive=False).iterations == DEFAULT_ITERATIONS
 
 
+@pytest.mark.slow
 def test_a_clip_comes_out_at_the_level_its_image_records(music: np.ndarray) -> None:
     audio = image_to_audio(audio_to_image(music, 44100))
     rms = [np.sqrt(np.mean(signal[4410:-4410].astype(np.float64) ** 2)) for signal in (music[: audio.size], audio)]

@@ -42,6 +42,7 @@ def local_render(tiny_exported, tmp_path_factory):
     return out.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_render_on_the_cluster_is_bit_identical_to_a_local_one(tiny_exported, tmp_path, cluster, local_render):
     out = tmp_path / "cluster.wav"
     result = subprocess.run(_command(tiny_exported, out, "--ray", cluster.address), env=cluster.env,
@@ -51,6 +52,7 @@ def test_a_render_on_the_cluster_is_bit_identical_to_a_local_one(tiny_exported, 
     assert out.read_bytes() == local_render
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_render_loses_nothing(tiny_exported, tmp_path, cluster, local_render):
     out, spec = tmp_path / "killed.wav", tmp_path / "clips"
     process = subprocess.Popen(_command(tiny_exported, out, "--ray", cluster.address, "--save-spectrograms",
@@ -71,6 +73,7 @@ def test_a_worker_killed_mid_render_loses_nothing(tiny_exported, tmp_path, clust
     assert victims[0] not in actor_pids()  # it really died; Ray restarted it as a new process
 
 
+@pytest.mark.slow
 def test_live_play_keeps_playing_through_a_worker_death(tiny_exported, tmp_path, cluster, jack_server):
     """Endless play on a real-time sound card (JACK's dummy driver) from two workers, one of them killed:
     the stream rides out the worker's restart (looping the last clip when the buffer runs low) and the
@@ -110,6 +113,7 @@ def test_live_play_keeps_playing_through_a_worker_death(tiny_exported, tmp_path,
     assert len(summary) == 1 and "; 0 underruns" in summary[0], stderr
 
 
+@pytest.mark.slow
 def test_a_prompt_queued_mid_stream_reaches_later_clips(tiny_exported, tmp_path, cluster):
     spec = tmp_path / "clips"
     command = [sys.executable, "-m", "riffstream", "lofi", "--model", "tiny", "--width", "64", "--steps", "2",
@@ -143,6 +147,7 @@ def test_continuation_is_refused_on_ray_in_one_line(tiny_exported, tmp_path, cap
                                         "apart: it runs on one machine, without --ray")
 
 
+@pytest.mark.slow
 def test_a_cluster_without_its_token_is_one_line(tiny_exported, tmp_path, cluster):
     env = {key: value for key, value in cluster.env.items() if not key.startswith("RAY_AUTH")}
     result = subprocess.run(_command(tiny_exported, tmp_path / "x.wav", "--ray", cluster.address), env=env,
@@ -161,6 +166,7 @@ def test_ray_missing_is_one_line_saying_how_to_add_it(tiny_exported, tmp_path, c
     assert not (tmp_path / "x.wav").exists()
 
 
+@pytest.mark.slow
 def test_a_node_lost_mid_render_has_its_clips_made_by_the_other(tiny_exported, tmp_path, local_render):
     two = start_cluster(workers=2)
     out, spec = tmp_path / "node.wav", tmp_path / "clips"
@@ -184,6 +190,7 @@ def test_a_node_lost_mid_render_has_its_clips_made_by_the_other(tiny_exported, t
     assert out.read_bytes() == local_render
 
 
+@pytest.mark.slow
 def test_when_the_whole_cluster_goes_the_render_ends_like_an_interrupted_one(tiny_exported, tmp_path):
     lost = start_cluster(workers=1)
     out, spec = tmp_path / "lost.wav", tmp_path / "clips"

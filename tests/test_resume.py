@@ -57,6 +57,7 @@ def uninterrupted(tiny_exported, tmp_path_factory):
     return made
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", range(3))
 def test_a_render_killed_at_a_random_point_resumes_to_the_same_bytes(tiny_exported, tmp_path, uninterrupted, run):
     at = random.Random(run).randrange(1, 22)  # of 25 clips
@@ -74,6 +75,7 @@ def test_a_render_killed_at_a_random_point_resumes_to_the_same_bytes(tiny_export
     assert not _journal(out).exists() and not list(tmp_path.glob(".*.partial"))
 
 
+@pytest.mark.slow
 def test_a_continued_render_stopped_with_ctrl_c_resumes_to_the_same_bytes(tiny_exported, tmp_path, uninterrupted):
     out = tmp_path / "continued.wav"
     stopped = _interrupt(tiny_exported, out, 9, signal.SIGINT, "--continuation")

@@ -57,6 +57,7 @@ def test_crossfade_of_identical_signals_is_transparent_and_of_unrelated_ones_kee
     assert np.mean(mixed[0, middle] ** 2) == pytest.approx(1.0, abs=0.08)
 
 
+@pytest.mark.slow
 def test_phase_continuation_makes_seams_like_the_interior_on_real_music(music: np.ndarray) -> None:
     overlap = overlap_frames(PARAMS, 0.5)
     images = windows_as_images(music, PARAMS, 3, overlap)
@@ -71,6 +72,7 @@ def test_phase_continuation_makes_seams_like_the_interior_on_real_music(music: n
     assert independent_gap > continued_gap + 3.0
 
 
+@pytest.mark.slow
 def test_loudness_holds_minus_14_lufs_and_true_peak_under_minus_1_dbtp_on_real_music(music: np.ndarray) -> None:
     overlap = overlap_frames(PARAMS, 0.5)
     quiet = music * 0.05  # far too quiet on purpose
@@ -100,6 +102,7 @@ def clip_loudness(audio: np.ndarray, clips: int, overlap: int) -> np.ndarray:
                      for k in range(clips)])
 
 
+@pytest.mark.slow
 def test_level_follows_the_music_across_seams_when_images_carry_none(music: np.ndarray) -> None:
     # A 12-dB crescendo cut into images that all record one level (the first window's), as
     # level-less images do: every image alone looks equally loud.
@@ -115,6 +118,7 @@ def test_level_follows_the_music_across_seams_when_images_carry_none(music: np.n
     assert heard[-1] - heard[0] > 6.0
 
 
+@pytest.mark.slow
 def test_whole_stream_of_levelless_images_stays_faithful_with_default_options(music: np.ndarray) -> None:
     overlap = overlap_frames(PARAMS, 1.0)
     images = windows_as_images(music, PARAMS, 3, overlap, level=False)
@@ -126,6 +130,7 @@ def test_whole_stream_of_levelless_images_stays_faithful_with_default_options(mu
     assert report["seam_minus_interior_db"] < 1.0
 
 
+@pytest.mark.slow
 def test_unrelated_clips_of_arbitrary_level_come_out_steady(music: np.ndarray) -> None:
     # Clips that share no sound (as independently generated ones), each at its own level.
     overlap = overlap_frames(PARAMS, 0.5)
@@ -142,6 +147,7 @@ def test_unrelated_clips_of_arbitrary_level_come_out_steady(music: np.ndarray) -
     assert 20 * np.log10(true_peak(audio[None]).max()) < -1.0
 
 
+@pytest.mark.slow
 def test_every_minute_of_a_dynamic_piece_stays_within_1_lu_of_the_target() -> None:
     # The close of an orchestral track, which fades for two minutes: a 20-s follower alone
     # lagged it by up to 2 LU over a minute.

@@ -139,6 +139,7 @@ def test_the_same_seed_and_options_give_the_same_audio(model, tmp_path):
     assert a.shape == c.shape and not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_however_long_the_render(model, tmp_path):
     def peak(duration):
         tracemalloc.start()
@@ -287,6 +288,7 @@ def _play_live(model, seconds: float, journal=None) -> tuple[Stream, float, floa
     return stream, made, heard
 
 
+@pytest.mark.slow
 def test_endless_live_play_stays_a_few_clips_ahead_of_the_listener(model):
     """A model faster than real time does not run a minute ahead: a typed prompt is heard within
     three clips (0.64 s each here; at least the 2.64 s that looping the last clip needs)."""
@@ -298,6 +300,7 @@ def test_endless_live_play_stays_a_few_clips_ahead_of_the_listener(model):
     assert made - heard <= limit + 3 * 0.48 + 0.5, (made, heard)
 
 
+@pytest.mark.slow
 def test_live_play_short_of_audio_does_not_wait_for_griffin_lim_s_extra_iterations(model, tmp_path):
     from riffstream.journal import Journal
 

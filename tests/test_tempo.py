@@ -136,6 +136,7 @@ def _seams(bpm, seconds):
     return [(layout.seconds(b.start), layout.seconds(a.start + WIDTH)) for a, b in zip(slots, slots[1:])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bpm", [128, 93])
 def test_a_bpm_render_keeps_its_tempo_and_its_beat_across_every_seam(tiny_exported, tmp_path, bpm):
     out = tmp_path / "beat.wav"
@@ -155,6 +156,7 @@ def test_a_bpm_render_keeps_its_tempo_and_its_beat_across_every_seam(tiny_export
     assert np.max(np.abs(fit.drift(bpm))) <= 0.005
 
 
+@pytest.mark.slow
 def test_a_user_loop_with_bpm_replaces_the_drums(tiny_exported, tmp_path):
     bpm = 110
     # Two bars of a loop, recorded at 48 kHz and 1% long: fitted back to whole bars at 44.1 kHz.
@@ -172,6 +174,7 @@ def test_a_user_loop_with_bpm_replaces_the_drums(tiny_exported, tmp_path):
     assert abs(fit_beats(audio, rate, bpm).bpm / bpm - 1) < 0.01
 
 
+@pytest.mark.slow
 def test_tempo_locked_clips_run_through_the_model_on_the_grid(tiny_exported, tmp_path):
     out, folder = tmp_path / "model.wav", tmp_path / "clips"
     result = _render(tiny_exported, out, "--bpm", "137", "--strength", "0.5", "--save-spectrograms", str(folder),

@@ -185,6 +185,7 @@ SHORT = """
     """
 
 
+@pytest.mark.slow
 def test_a_timeline_render_is_planned_from_it_and_repeats_exactly(tiny_exported, tmp_path):
     (tmp_path / "plan.toml").write_text(textwrap.dedent(SHORT))
     digests = []
@@ -224,6 +225,7 @@ def test_timeline_mistakes_on_the_command_line_get_one_line(tiny_exported, tmp_p
     assert not (tmp_path / "x.wav").exists()
 
 
+@pytest.mark.slow
 def test_live_play_runs_through_the_timeline_riffs_on_and_takes_typed_prompts(tiny_exported, tmp_path):
     import signal
 
