@@ -93,8 +93,9 @@ def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_ti
     assert frames / RATE == pytest.approx(last - first, rel=0.1, abs=0.2)
     assert frames / RATE > PLAY - 0.5
 
-    # The model was slower than real time: each clip took longer to make than the audio it adds.
-    assert len(pngs) >= CLIPS and min(made) > NEW_PER_CLIP, made
+    # The model was slower than real time: clips took longer to make than the audio they add (on
+    # average: a clip's picture is saved once its audio is made, so two can land close together).
+    assert len(pngs) >= CLIPS and np.mean(made) > 1.5 * NEW_PER_CLIP, made
 
     # So the stream looped the last clip, and the sound card never ran dry once it started.
     assert "looping the last clip until the next one is ready" in stderr
@@ -143,7 +144,7 @@ def test_a_finite_render_starts_playing_early_enough_to_never_run_dry(tiny_expor
     started, rendered = first + wall, pngs[-1].stat().st_mtime
 
     # The model was slower than real time, and playing started before the render was done ...
-    assert min(made) > NEW_PER_CLIP, made
+    assert np.mean(made) > 1.5 * NEW_PER_CLIP, made
     assert started < rendered - 1.0, f"playing started {started - rendered:.2f} s after the last clip was made"
     # ... yet late enough that the sound card never ran dry, and no repeat was needed.
     assert short_reads == 0, f"the ring buffer ran dry {short_reads:g} times, first at {first_short / RATE:.2f} s"
