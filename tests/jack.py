@@ -74,18 +74,24 @@ DRIVER = textwrap.dedent("""
     sinks.Player = RecordingPlayer
 
     # A model slowed down on purpose: each clip's denoising takes at least this long, however
-    # fast the machine, so a test of play slower than real time holds on any machine.
+    # fast the machine, so a test of play slower than real time holds on any machine. The wait
+    # is spread over the steps, before each step's own callback, so a stop is seen between
+    # steps as it is on a slow machine.
     floor = float(os.environ.get("RIFFSTREAM_TEST_DENOISE_SECONDS", "0"))
     if floor > 0:
         from riffstream.model import RiffusionModel
 
         denoise = RiffusionModel.denoise
 
-        def slowed(self, *args, **kwargs):
+        def slowed(self, *args, on_step=None, **kwargs):
             began = time.monotonic()
-            latents = denoise(self, *args, **kwargs)
-            time.sleep(max(0.0, floor - (time.monotonic() - began)))
-            return latents
+
+            def step(i, total):
+                time.sleep(max(0.0, began + floor * (i + 1) / total - time.monotonic()))
+                if on_step is not None:
+                    on_step(i, total)
+
+            return denoise(self, *args, on_step=step, **kwargs)
 
         RiffusionModel.denoise = slowed
     sys.argv = ["riffstream", *sys.argv[4:]]

@@ -28,12 +28,13 @@ CROSSFADE = round(min(1.0, WIDTH / 100 / 4) * 100) * 441  # the default for narr
 #: Each clip adds 0.48 s of new audio (0.64 s less the 0.16-s crossfade).
 NEW_PER_CLIP = (CLIP - CROSSFADE) / RATE
 #: Each clip's denoising is slowed down on purpose to take at least this long (the JACK
-#: driver's ``denoise_seconds``), 2.5 times the 0.48 s of audio a clip adds, so the model is
-#: slower than real time on any machine; the real work (2 steps of the tiny model at 512 x 64
-#: on one thread) takes about 0.15 s on an AVX2-only machine, so even 3 times slower it stays
-#: under the floor, and on a faster machine it only waits longer.
-DENOISE_SECONDS = 1.2
-STEPS = 2
+#: driver's ``denoise_seconds``), 4 times the 0.48 s of audio a clip adds, so the model is
+#: slower than real time on any machine, and by a known amount. The wait is spread over the
+#: steps, so a Ctrl-C is seen within a step (0.25 s). The real work, 8 steps of the tiny model
+#: at 512 x 64 on one thread, takes about 0.5 s on an idle AVX2-only machine: the floor stays
+#: above it on a machine 3 times slower, and on a faster one it only waits longer.
+DENOISE_SECONDS = 2.0
+STEPS = 8
 THREADS = 1
 #: Seconds of live play before Ctrl-C, counted from the first audio ...
 PLAY = 5.0
