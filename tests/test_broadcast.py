@@ -180,3 +180,11 @@ def test_a_token_is_needed_beyond_loopback_only():
     generated = needs_token("0.0.0.0", None)
     assert generated and len(generated) >= 16 and generated != needs_token("0.0.0.0", None)
     assert needs_token("127.0.0.1", "my-own-token") == "my-own-token"
+
+
+def test_a_broadcast_closed_before_any_audio_ends_its_streams_empty():
+    """A station stopped while its first clip is still being made: no encoder has seen audio."""
+    broadcast = Broadcast(RATE, 2)
+    broadcast.close()
+    for stream in broadcast.streams.values():
+        assert stream.ended and stream.read(0) == []

@@ -184,14 +184,19 @@ class Mp3Encoder:
         self.sample_rate = sample_rate
         self._pending = b""
         self._frames = 0
+        self._started = False
         self.header = b""
 
     def encode(self, samples: np.ndarray) -> list[Chunk]:
         """Encode a block; returns the whole frames it completed, as one chunk."""
+        self._started = True
         return self._cut(self._encoder.encode(_pcm16(samples).tobytes()))
 
     def flush(self) -> list[Chunk]:
-        """The last frames, once the stream has ended."""
+        """The last frames, once the stream has ended (none if it ended before any audio: LAME then has nothing
+        to flush and raises)."""
+        if not self._started:
+            return []
         return self._cut(self._encoder.flush())
 
     def _cut(self, data: bytes) -> list[Chunk]:
