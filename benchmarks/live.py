@@ -50,6 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import riffstream  # noqa: E402,F401  (first: it hides a broken torchvision from diffusers)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 UNET_GFLOP_BATCH1 = 803.0

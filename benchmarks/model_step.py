@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import riffstream  # noqa: F401  (first: it hides a broken torchvision from diffusers)
+
 HEIGHT = WIDTH = 512
 SEED = 0
 

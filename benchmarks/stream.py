@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import riffstream  # noqa: E402,F401  (first: it hides a broken torchvision from diffusers)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

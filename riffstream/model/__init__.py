@@ -4,11 +4,7 @@
 >>> model = RiffusionModel.load(ModelOptions(model="tiny"))
 """
 
-from riffstream.model.compat import hide_broken_torchvision
-
-hide_broken_torchvision()  # before transformers, diffusers or optimum is first imported
-
-from riffstream.model.options import (  # noqa: E402
+from riffstream.model.options import (
     DEFAULT_DECODER,
     DEFAULT_GUIDANCE,
     DEFAULT_MODEL,
@@ -18,8 +14,8 @@ from riffstream.model.options import (  # noqa: E402
     ModelOptions,
     default_cache_dir,
 )
-from riffstream.model.runtime import Generation, RiffusionModel, noise_for_seed  # noqa: E402
-from riffstream.model.store import resolve_decoder, resolve_ir  # noqa: E402
+from riffstream.model.runtime import Generation, RiffusionModel, noise_for_seed
+from riffstream.model.store import resolve_decoder, resolve_ir
 
 __all__ = [
     "DEFAULT_DECODER",

@@ -1,4 +1,4 @@
-"""Import-time repairs for the libraries the model runs on, applied before any of them is imported."""
+"""Import-time repairs for the libraries the model runs on, applied when riffstream is imported (8 ms)."""
 
 from __future__ import annotations
 
