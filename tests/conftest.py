@@ -2,7 +2,7 @@
 
 ``make check`` runs every test not marked ``slow`` (the inner loop, about three minutes on
 two cores); ``make test`` runs them all. The tiny random-weight model is exported once and
-kept between test sessions (see :func:`shared_cache`), so the inner loop does not pay the
+kept between test sessions (see :func:`model_cache_dir`), so the inner loop does not pay the
 export every time.
 """
 
@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
+
 import tests.fuzzing  # noqa: F401 (registers and loads Hypothesis's profiles)
 from tests.jack import jack_server  # noqa: F401 (a fixture: a private JACK server for live play)
 
