@@ -7,8 +7,6 @@ keeps the end-to-end cases that need them: listeners on real sockets, signals, t
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
@@ -83,17 +81,13 @@ def test_a_body_without_a_length_is_refused(station):
     assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
 
 
-def test_a_posted_prompt_is_queued_and_listed_until_it_is_heard(station):
+def test_a_posted_prompt_is_queued_and_listed_in_the_status(station):
+    """(That it is then heard, and leaves the queue, is test_serve's: it takes the clock's real time.)"""
     response = station.post("/api/prompt", json={"prompt": "smooth jazz"})
     assert response.status_code == 202 and response.json() == {"queued": "smooth jazz"}
     status = station.get("/api/status").json()
     assert "smooth jazz" in status["queued"] and status["token_required"] is False
-    deadline = time.monotonic() + 120
-    while "smooth jazz" not in (status["prompt_a"], status["prompt_b"]):  # heard at the clock's pace
-        assert time.monotonic() < deadline, status
-        time.sleep(0.1)
-        status = station.get("/api/status").json()
-    assert status["stream_time"] > 0 and status["made_seconds"] > 0
+    assert status["settings"]["clips_per_transition"] == 1 and status["listeners"] == {"mp3": 0, "ogg": 0}
 
 
 def test_settings_answer_with_what_now_applies(station):
