@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.serving import free_port
+from tests.serving import free_ports
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -62,12 +62,13 @@ def start_cluster(workers: int = 2, cpus_per_worker: int = 1) -> RayCluster:
     """A head with no CPUs (so clips are made on the workers) and ``workers`` nodes of ``cpus_per_worker`` CPUs."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_USAGE_STATS_ENABLED": "0"}
-    port = free_port()
+    # The head's ports and every worker's raylet port are chosen together, so no two are the same.
+    port, node_manager, object_manager, *worker_ports = free_ports(3 + 3 * workers)
     cluster = RayCluster(f"127.0.0.1:{port}", env, workers)
     cluster.stop()  # nothing left from an earlier run
     head = cluster.run("start", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard=false",
                        "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
-                       "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()))
+                       "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager))
     if head.returncode != 0:
         raise RuntimeError(f"ray start --head failed: {head.stderr[-2000:]}")
     for _ in range(workers):
@@ -75,7 +76,7 @@ def start_cluster(workers: int = 2, cpus_per_worker: int = 1) -> RayCluster:
         # ("Failed to get node info: RPC error: Deadline Exceeded", seen once in a fresh-clone run
         # of the suite): a join is tried three times before the cluster counts as failed.
         for attempt in range(3):
-            port = free_port()
+            port = worker_ports.pop()
             node = cluster.run("start", "--address", cluster.address, "--num-cpus", str(cpus_per_worker),
                                "--node-ip-address", "127.0.0.1", "--node-manager-port", str(port))
             if node.returncode == 0:

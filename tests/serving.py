@@ -23,9 +23,21 @@ START_TIMEOUT = 180.0
 
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports nobody listens on right now.
+
+    Each socket stays bound until all are chosen: ports asked for one at a time can come back equal
+    (the kernel may hand a just-released port out again), which once gave Ray's GCS and object manager
+    the same port in CI.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 @dataclass
