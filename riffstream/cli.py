@@ -42,7 +42,7 @@ EXIT_TERMINATED = 143
 
 
 def _image_to_audio(args: argparse.Namespace) -> None:
-    from riffstream.sinks import check_writable, file_format, write_audio
+    from riffstream.sinks import check_writable, claim_output, file_format, write_audio
     from riffstream.spectrogram import params_for_image, read_image
     from riffstream.stitch import stitch_images
 
@@ -56,7 +56,8 @@ def _image_to_audio(args: argparse.Namespace) -> None:
     audio = stitch_images(images, params, crossfade=args.crossfade, iterations=args.iterations, loudness=args.loudness)
     if not np.any(audio):
         raise RiffstreamError(f"{' and '.join(image_paths)} hold no sound")
-    write_audio(output, audio, params.sample_rate)
+    with claim_output(output, "output file"):
+        write_audio(output, audio, params.sample_rate)
     print(f"wrote {output}: {len(images)} clip{'s' * (len(images) > 1)}, "
           f"{audio.shape[-1] / params.sample_rate:.2f} s at {params.sample_rate} Hz")
 
@@ -490,28 +491,30 @@ def journal_plan(plan: GenerationPlan, out: str) -> dict:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from riffstream.sinks import list_devices
+    from riffstream.sinks import claim_output, list_devices
 
     if args.list_devices:
         print(list_devices())
         return
     plan = plan_generation(args)
-    journal = finished = None
-    if args.resume:  # checked before the model loads, and nothing is touched if it does not match
-        from riffstream.journal import Journal
+    # One writer per file: held from before the journal is read until the file is whole or abandoned.
+    with claim_output(args.out) if args.out else contextlib.nullcontext():
+        journal = finished = None
+        if args.resume:  # checked before the model loads, and nothing is touched if it does not match
+            from riffstream.journal import Journal
 
-        journal, finished = Journal.resume(args.out, journal_plan(plan, args.out))
-    if args.preset == "auto" and plan.preset == "live":
-        print("riffstream: live preset for live play on a CPU (LCM-LoRA, 4 steps, TAESD); --preset quality plays "
-              "the model as trained, far slower than real time here", file=sys.stderr)
-    if args.ray is not None:
-        _stream_on_ray(args, plan, journal, finished)
-        return
-    model = _load_model(plan, progress=not args.no_progress)
-    if model.is_tiny:
-        print("riffstream: note: the tiny model has random weights: its output is noise, not music",
-              file=sys.stderr)
-    _stream(args, model, plan, journal, finished)
+            journal, finished = Journal.resume(args.out, journal_plan(plan, args.out))
+        if args.preset == "auto" and plan.preset == "live":
+            print("riffstream: live preset for live play on a CPU (LCM-LoRA, 4 steps, TAESD); --preset quality "
+                  "plays the model as trained, far slower than real time here", file=sys.stderr)
+        if args.ray is not None:
+            _stream_on_ray(args, plan, journal, finished)
+            return
+        model = _load_model(plan, progress=not args.no_progress)
+        if model.is_tiny:
+            print("riffstream: note: the tiny model has random weights: its output is noise, not music",
+                  file=sys.stderr)
+        _stream(args, model, plan, journal, finished)
 
 
 def _stream_on_ray(args: argparse.Namespace, plan: GenerationPlan, journal, finished) -> None:
@@ -761,8 +764,9 @@ def _stream(args: argparse.Namespace, model, plan: GenerationPlan, journal=None,
         if writer is not None:
             writer.close()
             more = "; the same command with --resume finishes it" if journal is not None else ""
-            print(f"riffstream: kept {args.out}: {writer.frames_written / params.sample_rate:.2f} s{more}",
-                  file=sys.stderr)
+            if writer.is_on_disk():
+                print(f"riffstream: kept {args.out}: {writer.frames_written / params.sample_rate:.2f} s{more}",
+                      file=sys.stderr)
         raise
     except BaseException:
         if writer is not None:
@@ -770,6 +774,10 @@ def _stream(args: argparse.Namespace, model, plan: GenerationPlan, journal=None,
         raise
     if writer is not None:
         writer.close()
+        if not writer.is_on_disk():  # never claim what is not there; the journal can write it again
+            more = "; the same command with --resume writes it again" if journal is not None else ""
+            raise RiffstreamError(f"{args.out} was replaced or removed by another program after it was "
+                                  f"written{more}")
     if journal is not None:
         journal.finish()
         print(f"wrote {args.out}: {writer.frames_written / params.sample_rate:.2f} s at {params.sample_rate} Hz")
@@ -782,13 +790,22 @@ def _serve(args: argparse.Namespace) -> None:
     except ImportError as error:
         raise RiffstreamError(f"riffstream serve needs the server extra ({error.name} is missing): "
                               "pip install 'riffstream[serve]'") from None
-    from riffstream.sinks import AudioFileWriter
-    from riffstream.sinks.broadcast import Broadcast
-    from riffstream.stream import RealTimeClock, Stream
+    from riffstream.sinks import claim_output
 
     if not args.prompt and args.timeline is None:
         args.prompt = [DEFAULT_SERVE_PROMPT]
     plan = plan_generation(args)
+    with claim_output(args.out) if args.out else contextlib.nullcontext():
+        _serve_planned(args, plan)
+
+
+def _serve_planned(args: argparse.Namespace, plan: GenerationPlan) -> None:
+    """Serve a checked plan (its ``--out`` already claimed)."""
+    from riffstream.server import app as server
+    from riffstream.sinks import AudioFileWriter
+    from riffstream.sinks.broadcast import Broadcast
+    from riffstream.stream import RealTimeClock, Stream
+
     options = server.ServeOptions(host=args.host, port=args.port, token=server.needs_token(args.host, args.token),
                                   max_listeners=args.max_listeners, icecast=args.icecast,
                                   icecast_format=args.icecast_format, control_calls=args.control_rate)

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from riffstream.errors import RiffstreamError
+from riffstream.sinks.file import sync_folder
 
 #: Bumped when the journal's layout or what its plan records changes.
 JOURNAL_VERSION = 1
@@ -49,12 +50,14 @@ class FinishedClip:
 
 
 def _write_atomically(path: Path, write) -> None:
-    """``write(temporary path)``, then sync and rename into place."""
+    """``write(temporary path)``, then sync it, rename it into place and sync the folder (so the name is durable
+    too, not only the bytes)."""
     partial = path.with_name(path.name + ".tmp")
     write(partial)
     with open(partial, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, path)
+    sync_folder(path.parent)
 
 
 class Journal:
@@ -72,6 +75,7 @@ class Journal:
             shutil.rmtree(folder)
         try:
             folder.mkdir()
+            sync_folder(folder.parent)
             _write_atomically(folder / "plan.json", lambda path: path.write_text(
                 json.dumps({"version": JOURNAL_VERSION, **plan}, indent=1, sort_keys=True), encoding="utf-8"))
         except OSError as error:

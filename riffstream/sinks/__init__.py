@@ -18,6 +18,7 @@ from riffstream.sinks.file import (
     AudioFileWriter,
     check_folder_writable,
     check_writable,
+    claim_output,
     file_format,
     read_audio,
     write_audio,
@@ -38,5 +39,5 @@ class Sink(Protocol):
 
 __all__ = [
     "BLOCK_FRAMES", "FILE_FORMATS", "NO_DEVICE_HINT", "AudioFileWriter", "Player", "Sink", "check_folder_writable",
-    "check_output_device", "check_writable", "file_format", "list_devices", "read_audio", "write_audio",
+    "check_output_device", "check_writable", "claim_output", "file_format", "list_devices", "read_audio", "write_audio",
 ]

@@ -8,12 +8,15 @@ interrupted still closes cleanly with every finished clip in it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import soundfile
+from filelock import SoftFileLock, Timeout
 
 from riffstream.checks import check_input_file
 from riffstream.errors import RiffstreamError
@@ -63,12 +66,53 @@ def check_folder_writable(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def claim_path(path: str | os.PathLike[str]) -> Path:
+    """The lock file that marks ``path`` (and its journal) as being written: ``.NAME.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def claim_output(path: str | os.PathLike[str], option: str = "--out") -> Iterator[None]:
+    """Hold ``path`` as this process's output for the ``with`` block: one writer per file.
+
+    A render, a resume or a recording that would write a file another riffstream process is
+    writing is refused with one line naming that process, before anything is loaded or touched.
+    The claim is a ``filelock.SoftFileLock``: a marker file holding the writer's pid (and its
+    start time, so a reused pid is not mistaken for it), created exclusively and removed when
+    released. A marker left by a process that died (SIGKILL, power loss) is taken over.
+    """
+    lock = SoftFileLock(claim_path(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = f"pid {lock.pid}" if lock.pid is not None else "its pid is not recorded yet"
+        raise RiffstreamError(f"{path} is being written by another riffstream process ({holder}): wait for it "
+                              f"to finish, or give another {option}") from None
+    except OSError as error:
+        raise RiffstreamError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make the names in ``folder`` durable: a rename into it survives a power loss only once this returns."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class AudioFileWriter:
     """Streams float audio (channels, samples) to WAV, FLAC or OGG, block by block.
 
-    ``close()`` renames the finished file into place; ``discard()`` removes it. Used as a
-    context manager it closes on success and on KeyboardInterrupt (keeping what was
-    written), and discards on any other error.
+    ``close()`` syncs the finished file and renames it into place; ``discard()`` removes it.
+    Used as a context manager it closes on success and on KeyboardInterrupt (keeping what was
+    written), and discards on any other error. :meth:`is_on_disk` tells whether the file at
+    ``path`` is still the one this writer wrote.
     """
 
     def __init__(self, path: str | os.PathLike[str], sample_rate: int, channels: int) -> None:
@@ -82,6 +126,7 @@ class AudioFileWriter:
         except (OSError, soundfile.LibsndfileError) as error:
             raise RiffstreamError(f"cannot write {self.path}: {error}") from None
         self.frames_written = 0
+        self._written: tuple[int, int] | None = None  # (device, inode) of the file renamed into place
 
     def write(self, samples: np.ndarray) -> None:
         """Append (channels, samples) or (samples,) float audio."""
@@ -95,8 +140,21 @@ class AudioFileWriter:
         """Finish the file and move it to its final name."""
         if not self._file.closed:
             self._file.close()
+            with open(self._partial, "rb") as handle:
+                os.fsync(handle.fileno())
+                written = os.fstat(handle.fileno())
             os.replace(self._partial, self.path)
+            sync_folder(self.path.parent)
+            self._written = (written.st_dev, written.st_ino)
         return self.path
+
+    def is_on_disk(self) -> bool:
+        """Whether ``path`` is the file this writer closed (not replaced or removed since by anyone else)."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False
+        return self._written == (now.st_dev, now.st_ino)
 
     def discard(self) -> None:
         """Abandon the file, leaving nothing behind."""
