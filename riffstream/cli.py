@@ -197,7 +197,8 @@ def _add_model_options(group, with_model: bool = True) -> None:
                                 "test model: its output is noise) (default: %(default)s)")
     group.add_argument("--revision", help="model revision on the Hub: branch, tag or commit (default: main)")
     group.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or AUTO (default: %(default)s)")
-    group.add_argument("--threads", type=option_type(checks.THREADS), help="inference threads (default: OpenVINO's choice)")
+    group.add_argument("--threads", type=option_type(checks.THREADS), help="inference threads (default: OpenVINO's choice from the CPUs; "
+                       "1 per Ray worker); another count gives other audio for the same seed")
     quant = group.add_mutually_exclusive_group()
     quant.add_argument("--int8", action="store_const", const="int8", dest="quantization",
                        help="8-bit weight compression (exported once, cached)")
@@ -264,8 +265,9 @@ def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
     else:
         _add_output_options(parser.add_argument_group("output"))
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--seed", type=option_type(checks.SEED), help="random seed; the same seed and options give the same audio "
-                                              "(default: a random one, printed)")
+    gen.add_argument("--seed", type=option_type(checks.SEED), help="random seed; the same seed and options (--threads "
+                     "included: the model's output depends on its thread count) give the same audio on one "
+                     "machine (default: a random one, printed)")
     gen.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                      help="live: LCM-LoRA, 4 steps, no guidance, TAESD, several times faster; quality: the model as "
                           "trained, 20 steps, guidance 7, its own VAE; auto: live for live play on a CPU, quality "
@@ -466,11 +468,17 @@ def plan_generation(args: argparse.Namespace) -> GenerationPlan:
                           preset.name)
 
 
-def journal_plan(plan: GenerationPlan, out: str) -> dict:
-    """What decides a render's audio, as a journal records it: a resume must match it exactly."""
+def journal_plan(plan: GenerationPlan, out: str, on_ray: bool = False) -> dict:
+    """What decides a render's audio, as a journal records it: a resume must match it exactly.
+
+    OpenVINO's output depends on its thread count, so the journal records the count the clips are
+    made with: ``--threads``, or 1 on Ray workers, or OpenVINO's own choice, which follows the CPUs
+    this process may use.
+    """
     import hashlib
 
     options, model = plan.stream, plan.model
+    threads = model.threads or (1 if on_ray else f"auto on {len(os.sched_getaffinity(0))} CPUs")
 
     def digest(data) -> str | None:
         return None if data is None else hashlib.sha256(data).hexdigest()
@@ -484,7 +492,7 @@ def journal_plan(plan: GenerationPlan, out: str) -> dict:
         "loop": digest(options.loop.tobytes() if options.loop is not None else None),
         "timeline": digest(repr(options.timeline).encode() if options.timeline is not None else None),
         "format": Path(out).suffix.lower(), "width": model.width,
-        "model": {"model": model.model, "revision": model.revision, "device": model.device, "threads": model.threads,
+        "model": {"model": model.model, "revision": model.revision, "device": model.device, "threads": threads,
                   "quantization": model.quantization, "scheduler": model.scheduler, "decoder": model.decoder,
                   "loras": [[lora.source, lora.scale] for lora in model.loras], "precision": model.precision},
     }
@@ -503,7 +511,7 @@ def _generate(args: argparse.Namespace) -> None:
         if args.resume:  # checked before the model loads, and nothing is touched if it does not match
             from riffstream.journal import Journal
 
-            journal, finished = Journal.resume(args.out, journal_plan(plan, args.out))
+            journal, finished = Journal.resume(args.out, journal_plan(plan, args.out, args.ray is not None))
         if args.preset == "auto" and plan.preset == "live":
             print("riffstream: live preset for live play on a CPU (LCM-LoRA, 4 steps, TAESD); --preset quality "
                   "plays the model as trained, far slower than real time here", file=sys.stderr)
@@ -534,6 +542,9 @@ def _stream_on_ray(args: argparse.Namespace, plan: GenerationPlan, journal, fini
         with _model_stack(f"cannot load model {plan.model.model!r} on the Ray workers"):
             pool.wait_ready()
         print(f"riffstream: {pool.workers} Ray workers ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
+        if plan.model.threads is None:
+            print("riffstream: note: each Ray worker runs 1 thread: the audio differs from a local render's "
+                  "unless both are given the same --threads", file=sys.stderr)
         if plan.model.model == TINY_MODEL:
             print("riffstream: note: the tiny model has random weights: its output is noise, not music",
                   file=sys.stderr)
@@ -704,7 +715,7 @@ def _stream(args: argparse.Namespace, model, plan: GenerationPlan, journal=None,
     options, device_name = plan.stream, plan.output_device
     params = options.params
     if journal is None and args.out and options.duration is not None:
-        journal = Journal.start(args.out, journal_plan(plan, args.out))
+        journal = Journal.start(args.out, journal_plan(plan, args.out, args.ray is not None))
     writer = AudioFileWriter(args.out, params.sample_rate, params.channels) if args.out else None
     factory = None
     if device_name is not None:

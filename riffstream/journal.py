@@ -106,10 +106,10 @@ class Journal:
         """
         recorded = cls.read_plan(out)
         if recorded != plan:
-            key = next(k for k in sorted(set(recorded) | set(plan)) if recorded.get(k) != plan.get(k))
+            key, was, now = _first_difference(recorded, plan)
             raise RiffstreamError(
-                f"cannot resume {out}: it was started with {key.replace('_', ' ')} {_shown(recorded.get(key))}, "
-                f"not {_shown(plan.get(key))}; give the same options as the render it continues")
+                f"cannot resume {out}: it was started with {key.replace('_', ' ')} {_shown(was)}, "
+                f"not {_shown(now)}; give the same options as the render it continues")
         folder = journal_folder(out)
         numbers = sorted(int(m[1]) for m in map(_CLIP.match, os.listdir(folder)) if m)
         if numbers != list(range(len(numbers))):
@@ -146,6 +146,15 @@ class Journal:
     def finish(self) -> None:
         """The render is whole: remove the journal."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _first_difference(recorded: dict, wanted: dict) -> tuple[str, object, object]:
+    """The first key (looking inside nested records such as the model's) whose values differ, and both values."""
+    key = next(k for k in sorted(set(recorded) | set(wanted)) if recorded.get(k) != wanted.get(k))
+    was, now = recorded.get(key), wanted.get(key)
+    if isinstance(was, dict) and isinstance(now, dict):
+        return _first_difference(was, now)
+    return key, was, now
 
 
 def _shown(value) -> str:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,7 +51,9 @@ def uninterrupted(tiny_exported, tmp_path_factory):
     made = {}
     for name, args in (("plain", ()), ("continued", ("--continuation",))):
         out = folder / f"{name}.wav"
+        began = time.monotonic()
         result = subprocess.run(_command(tiny_exported, out, *args), capture_output=True, text=True, timeout=300)
+        made[f"{name} seconds"] = time.monotonic() - began
         assert result.returncode == 0, result.stderr
         assert not _journal(out).exists()  # a finished render removes its journal
         made[name] = out.read_bytes()
@@ -73,6 +76,43 @@ def test_a_render_killed_at_a_random_point_resumes_to_the_same_bytes(tiny_export
     assert f"resuming {out}: " in resumed.stderr
     assert out.read_bytes() == uninterrupted["plain"]
     assert not _journal(out).exists() and not list(tmp_path.glob(".*.partial"))
+
+
+#: SIGKILLs in the chain below; CI runs a few, a longer run sets RIFFSTREAM_TEST_KILLS (say 50).
+KILLS = int(os.environ.get("RIFFSTREAM_TEST_KILLS", "4"))
+
+
+@pytest.mark.slow
+def test_a_render_killed_again_and_again_even_while_resuming_ends_with_the_same_bytes(
+        tiny_exported, tmp_path, uninterrupted):
+    """Crash consistency as databases test it: SIGKILL at random instants, not at clip boundaries (while
+    the model loads, mid-write of a journal clip or of the output, while --resume replays), each time
+    followed by what a user would do next: --resume if a journal is there, else the command again."""
+    chance = random.Random(2026)
+    lifetime = uninterrupted["plain seconds"]
+    kills, renders, history = 0, 0, []
+    while kills < KILLS:  # each render is killed until it finishes (or the kills are spent), then checked
+        out = tmp_path / f"render-{renders}.wav"
+        renders += 1
+        while True:
+            resuming = (_journal(out) / "plan.json").exists()
+            command = _command(tiny_exported, out, *(["--resume"] if resuming else []))
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+            if kills < KILLS:
+                try:
+                    process.wait(timeout=chance.uniform(0.2, lifetime))
+                except subprocess.TimeoutExpired:
+                    process.send_signal(signal.SIGKILL)
+                    kills += 1
+            _, stderr = process.communicate(timeout=300)
+            history.append(f"{out.name} {'resume' if resuming else 'start'}: {process.returncode}, {_clips(out)} clips")
+            assert process.returncode in (0, -signal.SIGKILL), f"{history}: {stderr.decode()}"
+            if process.returncode == 0:
+                break
+        assert out.read_bytes() == uninterrupted["plain"], history
+    print(f"{kills} kills over {renders} renders: " + "; ".join(history))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], history  # no journal, partial or lock
 
 
 @pytest.mark.slow
@@ -115,6 +155,8 @@ def _lose_clip(journal):
     (None, ["--steps", "3"], "it was started with steps 2, not 3"),
     (None, ["--seed", "5"], "it was started with seed 4, not 5"),
     (None, ["--crossfade", "0.2"], "it was started with crossfade"),
+    # The model's output depends on its thread count: the journal records the count it was made with.
+    (None, ["--threads", "1"], f"it was started with threads 'auto on {len(os.sched_getaffinity(0))} CPUs', not 1"),
     (_spoil_plan, [], "its journal's plan is corrupt"),
     (_spoil_clip, [], "clip 0 of its journal is corrupt"),
     (_lose_clip, [], "clip 1 is missing"),
