@@ -24,7 +24,7 @@ import numpy as np
 
 from riffstream import checks
 from riffstream.checks import Limits, option_type
-from riffstream.errors import RiffstreamError, SourceLost
+from riffstream.errors import RiffstreamError, SourceLost, WriteFailed
 from riffstream.phase import DEFAULT_ITERATIONS
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS
 
@@ -779,6 +779,17 @@ def _stream(args: argparse.Namespace, model, plan: GenerationPlan, journal=None,
                 print(f"riffstream: kept {args.out}: {writer.frames_written / params.sample_rate:.2f} s{more}",
                       file=sys.stderr)
         raise
+    except WriteFailed as failure:  # a full disk: keep what is finished, and say so in the one line
+        kept = ""
+        if writer is not None:
+            with contextlib.suppress(WriteFailed):
+                writer.close()
+            if writer.is_on_disk():
+                kept = f"; kept {writer.frames_written / params.sample_rate:.2f} s of finished audio in {args.out}"
+            else:
+                writer.discard()
+        more = "; free some space, then the same command with --resume finishes it" if journal is not None else ""
+        raise WriteFailed(f"{failure}{kept}{more}") from None
     except BaseException:
         if writer is not None:
             writer.discard()

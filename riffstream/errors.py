@@ -12,3 +12,8 @@ class RiffstreamError(Exception):
 class SourceLost(RiffstreamError):
     """Where clips are made has gone away mid-stream (a whole Ray cluster): the stream ends as an interrupted
     one does, keeping every finished clip, and says so in one line."""
+
+
+class WriteFailed(RiffstreamError):
+    """A file could not be written mid-stream (the disk is full, an I/O error): the stream ends as an interrupted
+    one does, keeping every finished clip, and says so in one line."""

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from riffstream.errors import RiffstreamError
-from riffstream.sinks.file import sync_folder
+from riffstream.sinks.file import sync_folder, write_failure
 
 #: Bumped when the journal's layout or what its plan records changes.
 JOURNAL_VERSION = 1
@@ -53,11 +53,15 @@ def _write_atomically(path: Path, write) -> None:
     """``write(temporary path)``, then sync it, rename it into place and sync the folder (so the name is durable
     too, not only the bytes)."""
     partial = path.with_name(path.name + ".tmp")
-    write(partial)
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    sync_folder(path.parent)
+    try:
+        write(partial)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        sync_folder(path.parent)
+    except OSError as error:  # a full disk: the journal keeps the clips before this one
+        partial.unlink(missing_ok=True)
+        raise write_failure(path, error) from None
 
 
 class Journal:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.running import assert_one_line_error, run_cli, wait_for
@@ -113,6 +114,42 @@ def test_a_render_killed_again_and_again_even_while_resuming_ends_with_the_same_
         assert out.read_bytes() == uninterrupted["plain"], history
     print(f"{kills} kills over {renders} renders: " + "; ".join(history))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], history  # no journal, partial or lock
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_render_is_one_line_keeps_the_finished_audio_and_resumes_to_the_same_bytes(
+        tiny_exported, tmp_path, uninterrupted):
+    import io
+
+    import soundfile
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    # A real filesystem that fills: 400 KB holds the plan and a few clips (journal pictures and audio).
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs (mount as root) to fill a disk")
+    try:
+        out = disk / "render.wav"
+        full = subprocess.run(_command(tiny_exported, out), capture_output=True, text=True, timeout=300)
+        errors = [line for line in full.stderr.splitlines() if "error" in line]
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+        assert len(errors) == 1 and errors[0].startswith("riffstream: error: cannot write "), full.stderr
+        assert "the disk is full; kept " in errors[0] and "--resume finishes it" in errors[0], errors[0]
+        # The file is a valid WAV holding the finished audio: sample for sample the start of the full render,
+        # up to the last clip's tail (0.16 s), which an ended stream closes out instead of crossfading on.
+        kept, _ = soundfile.read(out, dtype="int16")
+        reference, _ = soundfile.read(io.BytesIO(uninterrupted["plain"]), dtype="int16")
+        tail = 16 * 441
+        assert tail < kept.size < reference.size
+        np.testing.assert_array_equal(kept[:-tail], reference[: kept.size - tail])
+        assert _clips(out) >= 1 and not list(disk.glob(".*.partial")) and not list(disk.rglob("*.tmp"))
+        # Space freed: --resume finishes it, bit-identical to a render that never met a full disk.
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        resumed = subprocess.run(_command(tiny_exported, out, "--resume"), capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        assert out.read_bytes() == uninterrupted["plain"]
+    finally:
+        subprocess.run(["umount", str(disk)])
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +20,7 @@ import soundfile
 from filelock import SoftFileLock, Timeout
 
 from riffstream.checks import check_input_file
-from riffstream.errors import RiffstreamError
+from riffstream.errors import RiffstreamError, WriteFailed
 
 #: Container and sample format for each extension soundfile can stream to.
 FILE_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
@@ -97,6 +98,17 @@ def claim_output(path: str | os.PathLike[str], option: str = "--out") -> Iterato
         lock.release()
 
 
+def write_failure(path: str | os.PathLike[str], error: BaseException) -> WriteFailed:
+    """The one-line error for a write to ``path`` that failed: "the disk is full" when it is."""
+    folder = Path(path).parent
+    try:
+        full = shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        full = False
+    reason = "the disk is full" if full else (getattr(error, "strerror", None) or str(error) or type(error).__name__)
+    return WriteFailed(f"cannot write {path}: {reason}")
+
+
 def sync_folder(folder: str | os.PathLike[str]) -> None:
     """Make the names in ``folder`` durable: a rename into it survives a power loss only once this returns."""
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -131,20 +143,33 @@ class AudioFileWriter:
     def write(self, samples: np.ndarray) -> None:
         """Append (channels, samples) or (samples,) float audio."""
         block = np.atleast_2d(np.asarray(samples, dtype=np.float32)).T
-        for start in range(0, block.shape[0], WRITE_BLOCK):
-            self._file.write(block[start : start + WRITE_BLOCK])
-        self._file.flush()
+        try:
+            for start in range(0, block.shape[0], WRITE_BLOCK):
+                self._file.write(block[start : start + WRITE_BLOCK])  # a short write fails soundfile's assert
+            self._file.flush()
+        except (OSError, RuntimeError, AssertionError) as error:  # LibsndfileError is a RuntimeError
+            self._cut_back()
+            raise write_failure(self.path, error) from None
         self.frames_written += block.shape[0]
+
+    def _cut_back(self) -> None:
+        """After a failed write, drop its part-written frames, so the file ends with the last whole write."""
+        with contextlib.suppress(Exception):
+            if self._file.seekable():
+                self._file.truncate(self.frames_written)
 
     def close(self) -> Path:
         """Finish the file and move it to its final name."""
         if not self._file.closed:
-            self._file.close()
-            with open(self._partial, "rb") as handle:
-                os.fsync(handle.fileno())
-                written = os.fstat(handle.fileno())
-            os.replace(self._partial, self.path)
-            sync_folder(self.path.parent)
+            try:
+                self._file.close()
+                with open(self._partial, "rb") as handle:
+                    os.fsync(handle.fileno())
+                    written = os.fstat(handle.fileno())
+                os.replace(self._partial, self.path)
+                sync_folder(self.path.parent)
+            except (OSError, RuntimeError) as error:
+                raise write_failure(self.path, error) from None
             self._written = (written.st_dev, written.st_ino)
         return self.path
 
