@@ -117,6 +117,31 @@ def test_a_render_killed_again_and_again_even_while_resuming_ends_with_the_same_
 
 
 @pytest.mark.slow
+def test_a_second_render_or_a_resume_racing_a_running_render_is_refused_and_the_first_file_is_whole(
+        tiny_exported, tmp_path, uninterrupted, capsys):
+    import riffstream.cli  # noqa: F401  (imported before the race, so each refusal takes a moment)
+
+    out = tmp_path / "render.wav"
+    first = subprocess.Popen(_command(tiny_exported, out), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _clips(out) >= 1, 180, first, "the first render's first clip")
+        other = _command(tiny_exported, out)[3:]
+        other[0] = "another prompt"
+        refusals = [run_cli(capsys, *other, "--duration", "4"), run_cli(capsys, *_command(tiny_exported, out)[3:],
+                                                                         "--resume")]
+        still_running = first.poll() is None
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert still_running, "the first render ended before the race: nothing was tested"
+    for code, said in refusals:
+        assert_one_line_error(code, said, f"{out} is being written by another riffstream process (pid {first.pid})")
+    assert first.returncode == 0 and f"wrote {out}: 12.00 s" in stdout.decode()
+    assert out.read_bytes() == uninterrupted["plain"]
+
+
+@pytest.mark.slow
 def test_a_full_disk_mid_render_is_one_line_keeps_the_finished_audio_and_resumes_to_the_same_bytes(
         tiny_exported, tmp_path, uninterrupted):
     import io
