@@ -148,7 +148,9 @@ class Journal:
                           lambda path: image.save(path, format="PNG", exif=image.getexif()))
 
     def finish(self) -> None:
-        """The render is whole: remove the journal."""
+        """The render is whole: remove the journal, its plan first, so that a process killed midway leaves no
+        journal that looks resumable with clips missing."""
+        (self.folder / "plan.json").unlink(missing_ok=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
