@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +35,10 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import machine  # noqa: E402
+from benchmarks.serve import log, status  # noqa: E402
 from tests.serving import free_port  # noqa: E402
 
 WARM_UP = 20.0
-
-
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def status(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=10) as response:
-        return json.load(response)
 
 
 def resident_mb(pid: int) -> float:
