@@ -137,3 +137,22 @@ def test_a_writer_knows_whether_the_file_it_closed_is_still_on_disk(tmp_path):
     assert not writer.is_on_disk()
     out.unlink()
     assert not writer.is_on_disk()
+
+
+def test_a_writer_stopped_by_a_failed_write_keeps_what_it_finished(tmp_path):
+    from riffstream.errors import WriteFailed
+    from riffstream.sinks import AudioFileWriter
+
+    out = tmp_path / "o.wav"
+    with pytest.raises(WriteFailed):
+        with AudioFileWriter(out, 44100, 1) as writer:
+            writer.write(np.full(4410, 0.25))
+            raise WriteFailed(f"cannot write {out}: the disk is full")
+    with pytest.raises(RuntimeError):
+        with AudioFileWriter(tmp_path / "bug.wav", 44100, 1) as other:
+            other.write(np.full(4410, 0.25))
+            raise RuntimeError("a bug")
+    import soundfile
+
+    assert soundfile.read(out)[0].size == 4410 and writer.is_on_disk()
+    assert not list(tmp_path.glob("bug.wav")) and not list(tmp_path.glob(".*.partial"))

@@ -122,8 +122,8 @@ class AudioFileWriter:
     """Streams float audio (channels, samples) to WAV, FLAC or OGG, block by block.
 
     ``close()`` syncs the finished file and renames it into place; ``discard()`` removes it.
-    Used as a context manager it closes on success and on KeyboardInterrupt (keeping what was
-    written), and discards on any other error. :meth:`is_on_disk` tells whether the file at
+    Used as a context manager it closes on success, on KeyboardInterrupt and on a failed write
+    (keeping what was written), and discards on any other error. :meth:`is_on_disk` tells whether the file at
     ``path`` is still the one this writer wrote.
     """
 
@@ -194,6 +194,11 @@ class AudioFileWriter:
                  trace: TracebackType | None) -> None:
         if kind is None or issubclass(kind, (KeyboardInterrupt, SystemExit)):
             self.close()
+        elif issubclass(kind, WriteFailed):  # a full disk: keep what was finished if the file can still close
+            try:
+                self.close()
+            except WriteFailed:
+                self.discard()
         else:
             self.discard()
 
