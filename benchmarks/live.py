@@ -210,13 +210,13 @@ def phase_play(cache: Path, precision: str, steps: int, seconds: float, polish: 
         Stream._can_polish = lambda self: True  # the comparison this benchmark makes, not an option
     model = RiffusionModel.load(options_for(cache, "live", precision), progress=False)
     stream = Stream(model, StreamOptions(prompts=("lofi hip hop", "smooth jazz"), seed=1, steps=steps, guidance=1.0),
-                    player_factory=lambda ring: RealTimeClock(ring, 44100, []))
+                    clock_factory=lambda ring: RealTimeClock(ring, 44100, []))
     stream.start()
     began = time.monotonic()
     while time.monotonic() - began < seconds:
         stream.poll()
         time.sleep(0.1)
-    stats, heard = stream.stats, stream.player.stream_seconds
+    stats, heard = stream.stats, stream.clock.stream_seconds
     stream.stop()
     return {"precision": model.precision, "steps": steps, "seconds": seconds, "clips": stats.clips,
             "made_s": round(stats.audio_seconds, 1), "heard_s": round(heard, 1), "loops": stats.loops,

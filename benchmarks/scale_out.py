@@ -59,15 +59,15 @@ def render(source, options: StreamOptions, out: Path, kill_after: int | None = N
             if kill_after is not None and len(arrivals) == kill_after:
                 os.kill(pids[0], signal.SIGKILL)
 
-        stream.on_clip.append(arrived)
+        stream.subscribe(arrived)
         began = time.monotonic()
         stream.run()
         ended = time.monotonic()
     result = {"seconds": ended - began, "first": arrivals[0] - began, "arrivals": arrivals,
               "audio": stream.stats.audio_seconds, "clips": stream.total_clips}
     if live:
-        result.update(silence=stream.player.silence_frames / 44100, loops=stream.stats.loops,
-                      waited=ended - began - stream.player.stream_seconds)
+        result.update(silence=stream.clock.silence_frames / 44100, loops=stream.stats.loops,
+                      waited=ended - began - stream.clock.stream_seconds)
     return result
 
 

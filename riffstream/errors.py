@@ -17,3 +17,7 @@ class SourceLost(RiffstreamError):
 class WriteFailed(RiffstreamError):
     """A file could not be written mid-stream (the disk is full, an I/O error): the stream ends as an interrupted
     one does, keeping every finished clip, and says so in one line."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: stop cleanly and keep what was rendered."""

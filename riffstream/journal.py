@@ -31,7 +31,7 @@ from riffstream.errors import RiffstreamError
 from riffstream.sinks.file import sync_folder, write_failure
 
 #: Bumped when the journal's layout or what its plan records changes.
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
 _CLIP = re.compile(r"^clip-(\d{5,})\.png$")
 
 

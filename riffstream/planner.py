@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -112,7 +113,44 @@ def slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
     return mixed.astype(np.float32)
 
 
-class Journey:
+class Journey(Protocol):
+    """The path a stream takes: what each clip plays, and how a change made while it runs bends it.
+
+    The stream plans clips in order through it, and rewinds it when clips planned but not
+    started are planned again. :class:`PromptJourney` walks prompts clip by clip;
+    :class:`~riffstream.timeline.TimelineJourney` walks a timeline in seconds.
+    """
+
+    seed: int
+    clips_per_transition: int
+
+    def clip(self, index: int, time: float | None = None) -> Clip:
+        """Plan clip ``index``, whose centre falls at ``time`` seconds."""
+
+    def rewind(self, index: int, time: float | None = None) -> None:
+        """Plan again from clip ``index``; ``time`` is where the clip before it is centred."""
+
+    def upcoming(self, next_index: int) -> list[str]:
+        """Prompts still to come after the transition in progress."""
+
+    def queue(self, prompt: str, next_index: int) -> None:
+        """Add a transition to ``prompt``; ``next_index`` is the first clip not yet planned."""
+
+    def queue_drops_plan(self, next_index: int) -> bool:
+        """Whether a prompt queued now drops prompts planned ahead (the rest of a timeline)."""
+
+    def set_seed(self, seed: int, next_index: int) -> None:
+        """Walk on from ``seed`` after the transition in progress."""
+
+    def set_clips_per_transition(self, clips: int, next_index: int) -> None:
+        """Pace the transitions to come."""
+
+    def tempo_time(self, seconds: float) -> float:
+        """The time whose tempo clips centred at ``seconds`` lock to: ``seconds``, unless the plan that set
+        the tempi was left behind, whose last tempo then holds."""
+
+
+class PromptJourney:
     """The waypoints of a stream: the given prompts, then the seed walking forward on the last.
 
     ``clip(i)`` plans clip ``i``. With ``total_clips`` the journey through all the given
@@ -210,6 +248,14 @@ class Journey:
             self.prompts = [self.waypoint(j)[0] for j in range(reached + 1)] + [prompt]
         else:
             self.prompts.append(prompt)
+
+    def queue_drops_plan(self, next_index: int) -> bool:
+        """A queued prompt follows the prompts given: none is dropped."""
+        return False
+
+    def tempo_time(self, seconds: float) -> float:
+        """Prompts set no tempo: the time as it is."""
+        return seconds
 
 
 def check_queued(prompt: str, total_clips: int | None) -> str:

@@ -321,7 +321,7 @@ class TimelineJourney:
 
     ``clip_advance`` is the seconds from one clip's start to the next; a seed-walk step (and
     a transition with no length given) takes ``clips_per_transition`` of them. It has the
-    interface of :class:`~riffstream.planner.Journey`, so the stream takes either. A prompt
+    interface of :class:`~riffstream.planner.Journey`, as :class:`~riffstream.planner.PromptJourney` has. A prompt
     queued while it runs leaves the timeline: the turn to it starts where the segment in
     progress ends, and later entries are dropped.
     """
@@ -446,6 +446,14 @@ class TimelineJourney:
             self.left_timeline, self.left_at = True, self._waypoints[-1].time
         end = self._waypoints[-1]
         self._waypoints.append(replace(end, time=end.time + self.step, prompt=prompt, seed=end.seed + 1))
+
+    def queue_drops_plan(self, next_index: int) -> bool:
+        """Whether a prompt queued now drops timeline entries still to come."""
+        return not self.left_timeline and bool(self.upcoming(next_index))
+
+    def tempo_time(self, seconds: float) -> float:
+        """Once a queued prompt has left the timeline, its tempo where it was left holds."""
+        return min(seconds, self.left_at)
 
     def set_seed(self, seed: int, next_index: int) -> None:
         """Walk on from ``seed`` after the segment in progress (from the start if nothing is planned)."""

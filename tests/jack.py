@@ -33,12 +33,12 @@ JACK_DEVICE = "JACK Audio Connection Kit"  # the JACK host API's name: matches o
 JACKD = shutil.which("jackd")
 JACK_WAIT = shutil.which("jack_wait")
 
-#: The real command line, with a Player that records what it takes from the ring buffer.
+#: The real command line, with the sound card's Player recording what it takes from the ring buffer.
 DRIVER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    import riffstream.sinks as sinks
     from riffstream import cli
+    from riffstream.stream import clocks
 
     samples = np.lib.format.open_memmap(sys.argv[1], mode="w+", dtype=np.float32, shape=(int(sys.argv[2]),))
     # first read, last read (time.monotonic), frames read, reads, short reads, frame of the first short read
@@ -67,11 +67,13 @@ DRIVER = textwrap.dedent("""
             head[1], head[2], head[3] = now, done + copied, head[3] + 1
             return copied
 
-    class RecordingPlayer(sinks.Player):
-        def __init__(self, source, *args, **kwargs):
-            super().__init__(RecordingSource(source), *args, **kwargs)
+    # Wrapped in place, so every module that took the Player class plays through the recorder.
+    opened = clocks.Player.__init__
 
-    sinks.Player = RecordingPlayer
+    def recording(self, source, *args, **kwargs):
+        opened(self, RecordingSource(source), *args, **kwargs)
+
+    clocks.Player.__init__ = recording
 
     # A model slowed down on purpose: each clip's denoising takes at least this long, however
     # fast the machine, so a test of play slower than real time holds on any machine. The wait

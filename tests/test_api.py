@@ -11,7 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from riffstream.model import ModelOptions, RiffusionModel
-from riffstream.server.app import ServeOptions, Station, create_app
+from riffstream.server.routes import create_app
+from riffstream.server.serve import ServeOptions
+from riffstream.server.station import Station
 from riffstream.sinks.broadcast import Broadcast
 from riffstream.stream import RealTimeClock, Stream, StreamOptions
 
@@ -30,7 +32,7 @@ def _client(model, **options) -> TestClient:
     broadcast = Broadcast(stream_options.params.sample_rate, stream_options.params.channels)
     stream = Stream(model, stream_options, [],
                     lambda ring: RealTimeClock(ring, stream_options.params.sample_rate, [broadcast]))
-    station = Station(stream, stream.player, broadcast, ServeOptions(**options), log=lambda *args: None)
+    station = Station(stream, stream.clock, broadcast, ServeOptions(**options), log=lambda *args: None)
     return TestClient(create_app(station))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from riffstream.server.app import is_loopback, needs_token
+from riffstream.server.serve import is_loopback, needs_token
 from riffstream.sinks.broadcast import Broadcast, EncodedStream, FellBehind, Chunk, split_ogg_pages
 from riffstream.stream import RealTimeClock, RingBuffer
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from riffstream.errors import RiffstreamError
-from riffstream.planner import (Journey, blend_embedding, clips_for_duration, lerp, parse_blend, parse_duration,
+from riffstream.planner import (PromptJourney, blend_embedding, clips_for_duration, lerp, parse_blend, parse_duration,
                                 parse_prompts, slerp)
 
 
-def _path(journey: Journey, n: int):
+def _path(journey: PromptJourney, n: int):
     return [journey.clip(i) for i in range(n)]
 
 
@@ -24,7 +24,7 @@ def test_empty_prompts_are_rejected(text):
 
 
 def test_a_transition_takes_four_clips_like_riffusions_web_app():
-    clips = _path(Journey(["a", "b"], seed=10), 6)
+    clips = _path(PromptJourney(["a", "b"], seed=10), 6)
     assert [(c.prompt_a, c.prompt_b, c.alpha) for c in clips[:5]] == [
         ("a", "a", 0.0), ("a", "b", 0.25), ("a", "b", 0.5), ("a", "b", 0.75), ("a", "b", 1.0)]
     assert [(c.seed_a, c.seed_b) for c in clips[1:5]] == [(10, 11)] * 4
@@ -32,14 +32,14 @@ def test_a_transition_takes_four_clips_like_riffusions_web_app():
 
 
 def test_on_a_single_prompt_the_seed_keeps_walking():
-    clips = _path(Journey(["a"], seed=0, clips_per_transition=2), 7)
+    clips = _path(PromptJourney(["a"], seed=0, clips_per_transition=2), 7)
     assert {c.prompt_a for c in clips} == {"a"} and {c.prompt_b for c in clips} == {"a"}
     assert [(c.seed_a, c.seed_b, c.alpha) for c in clips[1:]] == [
         (0, 1, 0.5), (0, 1, 1.0), (1, 2, 0.5), (1, 2, 1.0), (2, 3, 0.5), (2, 3, 1.0)]
 
 
 def test_a_duration_spreads_the_whole_journey_over_its_clips():
-    journey = Journey(["a", "b", "c"], seed=0, total_clips=9)
+    journey = PromptJourney(["a", "b", "c"], seed=0, total_clips=9)
     clips = _path(journey, 9)
     assert (clips[0].prompt_a, clips[0].alpha) == ("a", 0.0)
     assert (clips[4].prompt_a, clips[4].prompt_b, clips[4].alpha) == ("a", "b", 1.0)
@@ -48,12 +48,12 @@ def test_a_duration_spreads_the_whole_journey_over_its_clips():
 
 
 def test_a_single_prompt_with_a_duration_still_walks_the_seed():
-    clips = _path(Journey(["a"], seed=5, total_clips=6), 6)
+    clips = _path(PromptJourney(["a"], seed=5, total_clips=6), 6)
     assert len({(c.seed_a, c.seed_b, c.alpha) for c in clips}) == 6
 
 
 def test_a_queued_prompt_starts_its_transition_at_the_next_waypoint():
-    journey = Journey(["a"], seed=0, clips_per_transition=4)
+    journey = PromptJourney(["a"], seed=0, clips_per_transition=4)
     _path(journey, 3)  # clips 0..2: position 0.5, midway a(seed 0) -> a(seed 1)
     journey.queue("b", next_index=3)
     clips = [journey.clip(i) for i in range(3, 9)]
@@ -63,14 +63,14 @@ def test_a_queued_prompt_starts_its_transition_at_the_next_waypoint():
 
 
 def test_a_prompt_queued_at_a_waypoint_starts_at_once():
-    journey = Journey(["a"], seed=0, clips_per_transition=4)
+    journey = PromptJourney(["a"], seed=0, clips_per_transition=4)
     _path(journey, 5)  # clip 4 ends a transition
     journey.queue("b", next_index=5)
     assert (journey.clip(5).prompt_b, journey.clip(5).alpha) == ("b", 0.25)
 
 
 def test_prompts_queued_in_a_row_are_visited_in_order():
-    journey = Journey(["a", "b"], seed=0, clips_per_transition=1)
+    journey = PromptJourney(["a", "b"], seed=0, clips_per_transition=1)
     journey.clip(0)
     journey.queue("c", 1)
     journey.queue("d", 1)
@@ -79,7 +79,7 @@ def test_prompts_queued_in_a_row_are_visited_in_order():
 
 def test_a_finite_journey_rejects_new_prompts():
     with pytest.raises(RiffstreamError, match="fixed"):
-        Journey(["a"], total_clips=3).queue("b", 1)
+        PromptJourney(["a"], total_clips=3).queue("b", 1)
 
 
 def test_lerp_and_slerp_hit_their_endpoints():
@@ -144,7 +144,7 @@ def test_unusable_blends_are_refused_in_one_line(text, message):
 
 def test_a_blend_is_one_waypoint_of_a_journey():
     assert parse_prompts("lofi:2 + jazz:1 to techno") == ["lofi:2 + jazz:1", "techno"]
-    journey = Journey(["lofi:2 + jazz:1", "techno"], seed=0, clips_per_transition=2)
+    journey = PromptJourney(["lofi:2 + jazz:1", "techno"], seed=0, clips_per_transition=2)
     assert [(c.prompt_a, c.prompt_b, c.alpha) for c in _path(journey, 3)] == [
         ("lofi:2 + jazz:1", "lofi:2 + jazz:1", 0.0), ("lofi:2 + jazz:1", "techno", 0.5),
         ("lofi:2 + jazz:1", "techno", 1.0)]

@@ -275,14 +275,14 @@ def _play_live(model, seconds: float, journal=None) -> tuple[Stream, float, floa
     from riffstream.stream import RealTimeClock
 
     stream = Stream(model, StreamOptions(prompts=("lofi",), seed=1, steps=1),
-                    player_factory=lambda ring: RealTimeClock(ring, RATE, []), journal=journal)
+                    clock_factory=lambda ring: RealTimeClock(ring, RATE, []), journal=journal)
     stream.start()
     try:
         deadline = time.monotonic() + seconds + 120
-        while stream.player is None or stream.player.stream_seconds < seconds:
+        while stream.clock is None or stream.clock.stream_seconds < seconds:
             assert stream.poll() and time.monotonic() < deadline, "live play never got that far"
             time.sleep(0.02)
-        made, heard = stream.stats.audio_seconds, stream.player.stream_seconds
+        made, heard = stream.stats.audio_seconds, stream.clock.stream_seconds
     finally:
         stream.stop()
     return stream, made, heard
@@ -384,3 +384,31 @@ def test_a_continued_clip_starts_from_the_previous_latents_tail_mirrored():
     np.testing.assert_array_equal(seed[..., :3], previous[..., -3:])
     np.testing.assert_array_equal(seed[..., 3:6], previous[..., -3:][..., ::-1])
     np.testing.assert_array_equal(seed[..., 6:9], previous[..., -3:])
+
+
+def test_a_queued_prompt_is_reported_until_the_clock_reaches_a_clip_carrying_it(model):
+    from riffstream.stream import RealTimeClock
+
+    stream = Stream(model, StreamOptions(prompts=("lofi",), seed=1, steps=1, clips_per_transition=1),
+                    clock_factory=lambda ring: RealTimeClock(ring, RATE, []))
+    stream.start()
+    seen: list = []
+    try:
+        deadline = time.monotonic() + 120
+        while stream.status().heard is None:
+            assert stream.poll() and time.monotonic() < deadline, "nothing was heard"
+            time.sleep(0.02)
+        stream.queue_prompt("smooth jazz")
+        assert stream.queued() == ["smooth jazz"]
+        while True:
+            assert stream.poll() and time.monotonic() < deadline, "the prompt was never heard"
+            status = stream.status()
+            seen.append((status.heard.prompt_b, status.queued))
+            if status.heard.prompt_b == "smooth jazz":
+                break
+            time.sleep(0.02)
+    finally:
+        stream.stop()
+    assert seen[-1][1] == () and all(queued == ("smooth jazz",) for _, queued in seen[:-1]), seen
+    assert any(line.startswith("queued a transition to 'smooth jazz'") for line in stream.take_messages())
+    assert stream.take_messages() == []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
+from riffstream.fingerprint import NOT_RECORDED, fingerprint
 
 DEFAULT_MODEL = "riffusion/riffusion-model-v1"
 DEFAULT_STEPS = 20
@@ -107,7 +108,7 @@ class ModelOptions:
     height: int = 512
     width: int = 512
     quantization: str | None = None
-    cache_dir: Path | None = None
+    cache_dir: Path | None = field(default=None, metadata=NOT_RECORDED)
     scheduler: str = DEFAULT_SCHEDULER
     #: "vae" (the model's own decoder), "taesd", or a folder or hub id of a diffusers AutoencoderTiny.
     decoder: str = DEFAULT_DECODER
@@ -115,6 +116,11 @@ class ModelOptions:
     loras: tuple[LoraSpec, ...] = ()
     #: Inference precision on CPU: "auto" (bf16 where the CPU has bf16 units, else f32), "bf16" or "f32".
     precision: str = "auto"
+
+    def fingerprint(self, threads: int | str | None) -> dict:
+        """Everything about the model that decides the audio, as JSON-able data, with ``threads`` for the thread
+        count the clips are made with (OpenVINO's output depends on it)."""
+        return fingerprint(replace(self, threads=threads))
 
     def check(self) -> None:
         """Raise a one-line :class:`RiffstreamError` for an option no model load could satisfy."""

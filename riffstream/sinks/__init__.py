@@ -3,7 +3,7 @@
 Every sink takes the stream's audio through one small interface, :class:`Sink`:
 ``write((channels, samples) float audio)`` as it is made, then ``close()``. The stream
 (:mod:`riffstream.stream`) hands its exact, finished audio to file sinks, and its live
-audio, paced by a clock (the sound card's or :class:`~riffstream.stream.RealTimeClock`),
+audio, paced by a clock (:mod:`riffstream.stream.clocks`),
 to live sinks such as :class:`~riffstream.sinks.broadcast.Broadcast`.
 """
 
@@ -23,7 +23,7 @@ from riffstream.sinks.file import (
     read_audio,
     write_audio,
 )
-from riffstream.sinks.player import BLOCK_FRAMES, NO_DEVICE_HINT, Player, check_output_device, list_devices
+from riffstream.sinks.player import BLOCK_FRAMES, NO_DEVICE_HINT, check_output_device, list_devices
 
 
 @runtime_checkable
@@ -38,6 +38,6 @@ class Sink(Protocol):
 
 
 __all__ = [
-    "BLOCK_FRAMES", "FILE_FORMATS", "NO_DEVICE_HINT", "AudioFileWriter", "Player", "Sink", "check_folder_writable",
+    "BLOCK_FRAMES", "FILE_FORMATS", "NO_DEVICE_HINT", "AudioFileWriter", "Sink", "check_folder_writable",
     "check_output_device", "check_writable", "claim_output", "file_format", "list_devices", "read_audio", "write_audio",
 ]

@@ -1,29 +1,18 @@
-"""Where finished audio waits to be heard: the ring buffer, the clock that empties it, and the stream's exact ends.
+"""Where finished audio waits to be heard: the ring buffer, and the stream's exact ends.
 
-The consumer thread writes the stream's audio into a :class:`RingBuffer`; a clock takes it
-out at the pace it is heard: the sound card's :class:`~riffstream.sinks.Player` (its
-callback only copies from the ring) or, with no sound card, a :class:`RealTimeClock`.
+The consumer thread writes the stream's audio into a :class:`RingBuffer`; a clock
+(:mod:`riffstream.stream.clocks`) takes it out at the pace it is heard.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from riffstream.sinks import Sink
-
 #: How often (seconds) a stream thread waiting on a queue or for room looks at its stop flag.
 POLL = 0.02
-#: Block the real-time clock hands to live sinks, seconds.
-CLOCK_BLOCK = 0.05
-#: A clock this far behind its schedule (seconds) starts a new one instead of rushing to catch up.
-CLOCK_SLIP = 1.0
 
 
 def put_until(target: queue.Queue, item, stop: threading.Event) -> bool:
@@ -152,82 +141,3 @@ class RingBuffer:
         out[first:n] = self._data[: n - first]
         self._read += n
         return n
-
-
-class RealTimeClock:
-    """Takes audio from the ring buffer at real-time pace and hands it to live sinks, block by block.
-
-    The sound card's :class:`~riffstream.sinks.Player` without a sound card: it has the
-    same ``start``/``drain``/``close`` and ``underruns``, and its thread (started by
-    :meth:`start`) only copies from the ring and calls the sinks. Silence fills an
-    underrun, so listeners hear a steady stream; ``silence_frames`` counts it, which maps
-    ring frames to the clock's own time (:meth:`stream_frame`).
-    """
-
-    def __init__(self, source: RingBuffer, sample_rate: int, sinks: Sequence[Sink],
-                 block_seconds: float = CLOCK_BLOCK) -> None:
-        self.source, self.sample_rate, self.sinks = source, sample_rate, list(sinks)
-        self.block = np.zeros((max(1, round(block_seconds * sample_rate)), source.channels), np.float32)
-        self.underruns = 0
-        self.frames_out = 0
-        self.silence_frames = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="riffstream-clock", daemon=True)
-
-    @property
-    def stream_seconds(self) -> float:
-        """Audio handed to the sinks so far, seconds: the clock's own time."""
-        return self.frames_out / self.sample_rate
-
-    def stream_frame(self, ring_frame: int) -> int:
-        """The clock time (frames) at which ring frame ``ring_frame`` is heard, if no underrun comes first."""
-        return ring_frame + self.silence_frames
-
-    def start(self) -> None:
-        """Start handing out audio."""
-        self._thread.start()
-
-    def _run(self) -> None:
-        period = len(self.block) / self.sample_rate
-        due = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                copied = self.source.read_into(self.block)
-                if copied < len(self.block):
-                    if self.source.closed and self.source.available == 0:
-                        if copied:
-                            self._hand_out(self.block[:copied])
-                        break
-                    self.block[copied:] = 0
-                    self.underruns += 1
-                    self.silence_frames += len(self.block) - copied
-                self._hand_out(self.block)
-                due += period
-                late = time.monotonic() - due
-                if late > CLOCK_SLIP:
-                    due = time.monotonic()
-                elif late < 0:
-                    self._stop.wait(-late)
-        finally:
-            for sink in self.sinks:
-                sink.close()
-
-    def _hand_out(self, frames: np.ndarray) -> None:
-        audio = np.ascontiguousarray(frames.T)
-        for sink in self.sinks:
-            sink.write(audio)
-        self.frames_out += len(frames)
-
-    def drain(self, timeout: float = 60.0) -> None:
-        """Wait until the source has ended and everything in it has been handed out."""
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def close(self) -> None:
-        """Stop handing out audio and close the sinks (idempotent)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(1.0)
-        elif self._thread.ident is None:
-            for sink in self.sinks:
-                sink.close()

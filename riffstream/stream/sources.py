@@ -67,6 +67,31 @@ def keep_overlap(previous: Image.Image, image: Image.Image, overlap: int) -> Ima
 
 
 
+class ClipModel(Protocol):
+    """What a clip source needs of a loaded model (:class:`~riffstream.model.RiffusionModel` is one): text and
+    pictures in, latents through the UNet, a spectrogram image out."""
+
+    options: ModelOptions
+    latents_shape: tuple[int, ...]
+    vae_scale_factor: int
+    #: The full VAE takes turns with the UNet instead of overlapping it (see :class:`LocalSource`).
+    decoder_takes_turns: bool
+
+    def encode_prompt(self, text: str) -> np.ndarray:
+        """The text encoder's embedding of ``text``."""
+
+    def encode_image(self, image: Image.Image) -> np.ndarray:
+        """A starting image's latents, for img2img."""
+
+    def denoise(self, prompt_embeds: np.ndarray, negative_prompt_embeds: np.ndarray | None, latents: np.ndarray, *,
+                steps: int, guidance: float, init_latents: np.ndarray | None, strength: float,
+                on_step: Callable[[int, int], None] | None) -> np.ndarray:
+        """The latents of one clip, denoised from the noise ``latents`` (or from ``init_latents`` at ``strength``)."""
+
+    def decode(self, latents: np.ndarray) -> Image.Image:
+        """The spectrogram image of ``latents``."""
+
+
 @dataclass(frozen=True)
 class ClipJob:
     """One clip to make, as the stream planned it: what :func:`denoise_job` needs, and nothing of the stream.
@@ -89,7 +114,7 @@ class ClipJob:
     previous_latents: np.ndarray | None = None
 
 
-def denoise_job(model, job: ClipJob, encoded: dict | None = None,
+def denoise_job(model: ClipModel, job: ClipJob, encoded: dict | None = None,
                 on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
     """The latents of ``job``'s clip: prompt (or blend) embeddings lerped, seed noise slerped, and img2img
     from its starting image if it has one. The local stream and Ray workers both run this, so a clip
@@ -116,7 +141,7 @@ def denoise_job(model, job: ClipJob, encoded: dict | None = None,
                          guidance=job.guidance, init_latents=init_latents, strength=job.strength, on_step=on_step)
 
 
-def negative_embedding(model, clip: Clip, negative_prompt: str | None) -> np.ndarray | None:
+def negative_embedding(model: ClipModel, clip: Clip, negative_prompt: str | None) -> np.ndarray | None:
     """A clip's negative embedding: its ends' (a timeline's) lerped, else ``negative_prompt``'s; None for none."""
     if clip.negative_a is None and clip.negative_b is None:
         return blend_embedding(model.encode_prompt, negative_prompt) if negative_prompt else None
@@ -205,7 +230,7 @@ class LocalSource:
     window = LOCAL_WINDOW
     chains = True
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: ClipModel) -> None:
         self.model = model
         self.options = model.options
         self._jobs: queue.Queue[_Ticket] = queue.Queue()
@@ -213,7 +238,7 @@ class LocalSource:
         self._closed = threading.Event()
         self._encoded: dict = {}  # starting images' latents, by the image's digest
         self._latest: np.ndarray | None = None  # the latents made last, for a continued clip
-        self._in_turn = bool(getattr(model, "decoder_takes_turns", False))
+        self._in_turn = bool(model.decoder_takes_turns)
         self._threads = [threading.Thread(target=self._denoise, name="riffstream-denoiser", daemon=True)]
         if not self._in_turn:
             self._threads.append(threading.Thread(target=self._decode, name="riffstream-decoder", daemon=True))
@@ -301,7 +326,7 @@ class LocalSource:
         ticket.done.set()
 
 
-def clip_source(model_or_source) -> tuple[ClipSource, bool]:
+def clip_source(model_or_source: ClipSource | ClipModel) -> tuple[ClipSource, bool]:
     """``model_or_source`` as a clip source, and whether it was made here (a local model is wrapped in a
     :class:`LocalSource`, which whoever asked must close)."""
     if isinstance(model_or_source, ClipSource):
