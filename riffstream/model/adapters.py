@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from riffstream.errors import RiffstreamError
+from riffstream.model import hub
+from riffstream.model.cache import build_atomically, cache_entry
 from riffstream.model.options import LCM_LORA, LCM_LORA_HUB_ID, TINY_MODEL, LoraSpec
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,9 @@ def resolve_adapters(loras: tuple[LoraSpec, ...], model: str, cache: Path, progr
 
 
 def _resolve(spec: LoraSpec, model: str, cache: Path, progress: bool) -> Adapter:
-    from riffstream.model import hub
-
     source = spec.source
     path = Path(source).expanduser()
     if source == LCM_LORA and model == TINY_MODEL:
-        from riffstream.model.store import build_atomically, cache_entry
         from riffstream.model.tiny import TINY_VERSION, build_tiny_lora
 
         identity = f"tiny-lcm-lora:v{TINY_VERSION}"
@@ -108,38 +107,35 @@ def _fetch(repo: str, filename: str | None, progress: bool) -> Path:
     """The adapter file from the Hugging Face cache, or downloaded into it (offline: the cache only)."""
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
-    from riffstream.model.hub import _explain
-
-    try:  # offline first: a cached adapter needs no network
-        if filename is None:
+    def cached() -> Path:  # offline first: a cached adapter needs no network
+        name = filename
+        if name is None:
             snapshot = Path(snapshot_download(repo, allow_patterns=[f"*{s}" for s in WEIGHT_SUFFIXES],
                                               local_files_only=True))
-            filename = _pick([p.name for p in snapshot.iterdir()], repo)
-        return Path(hf_hub_download(repo, filename, local_files_only=True))
-    except RiffstreamError:
-        raise
-    except Exception:
-        pass
+            name = _pick([p.name for p in snapshot.iterdir()], repo)
+        return Path(hf_hub_download(repo, name, local_files_only=True))
+
+    found = hub.in_local_cache(cached)
+    if found is not None:
+        return found
     if filename is None:
         try:
             names = [s.rfilename for s in HfApi().model_info(repo).siblings or []]
         except Exception as error:
-            raise _unreachable(_explain(error, repo, None, "--lora", "reaching"), repo) from None
+            raise _unreachable(hub.explain_hub_error(error, repo, None, "--lora", "reaching"), repo) from None
         filename = _pick(names, repo)
     log.info("downloading LoRA %s/%s", repo, filename)
     try:
         return Path(hf_hub_download(repo, filename))
     except Exception as error:
-        raise _unreachable(_explain(error, repo, None, "--lora", "downloading"), repo) from None
+        raise _unreachable(hub.explain_hub_error(error, repo, None, "--lora", "downloading"), repo) from None
 
 
 def _unreachable(problem: RiffstreamError, repo: str) -> RiffstreamError:
     """The Hub's one-line error, with the advice for an adapter rather than a model when the Hub is out of reach."""
-    from riffstream.model.hub import HubUnreachable
-
-    if not isinstance(problem, HubUnreachable):
+    if not isinstance(problem, hub.HubUnreachable):
         return problem
-    return HubUnreachable(
+    return hub.HubUnreachable(
         f"cannot reach the Hugging Face Hub for LoRA {repo}, and it is not in the local cache: connect and run "
         "once (`riffstream download --preset all` prepares the live preset too), or pass --lora a local .safetensors file.")
 

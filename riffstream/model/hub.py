@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from riffstream.errors import RiffstreamError
@@ -51,7 +52,7 @@ def is_hub_id(name: str) -> bool:
     return True
 
 
-def _explain(error: Exception, repo_id: str, revision: str | None, option: str, during: str) -> RiffstreamError:
+def explain_hub_error(error: Exception, repo_id: str, revision: str | None, option: str, during: str) -> RiffstreamError:
     """One line that says what went wrong with the Hub and what to do."""
     from huggingface_hub.errors import (
         DisabledRepoError,
@@ -91,16 +92,31 @@ def _explain(error: Exception, repo_id: str, revision: str | None, option: str, 
         f"connect and run `riffstream download {repo_id}` once, or {where}.")
 
 
+def in_local_cache(find: Callable[[], Path | None]) -> Path | None:
+    """What ``find`` finds in the local Hugging Face cache (it asks with ``local_files_only``, so it needs no
+    network), or None when the cache lacks it. Every Hub download here tries this first, so a model, decoder
+    or adapter fetched once plays offline; a RiffstreamError (files there but unusable) is raised."""
+    try:
+        return find()
+    except RiffstreamError:
+        raise
+    except Exception:
+        return None
+
+
 def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     """The cached snapshot of ``repo_id`` if it holds every file the pipeline runs, else None."""
     from huggingface_hub import snapshot_download
 
-    try:
+    def complete() -> Path | None:
         folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-        check_folder(folder)
-    except Exception:
-        return None
-    return folder
+        try:
+            check_folder(folder)
+        except RiffstreamError:
+            return None
+        return folder
+
+    return in_local_cache(complete)
 
 
 def fetch(repo_id: str, revision: str | None = None, *, option: str = "--model", progress: bool = True,
@@ -121,10 +137,10 @@ def fetch(repo_id: str, revision: str | None = None, *, option: str = "--model",
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     except Exception as error:
         fallback = _cached_snapshot(repo_id, revision) if refresh else None
-        if fallback is not None and isinstance(_explain(error, repo_id, revision, option, ""), HubUnreachable):
+        if fallback is not None and isinstance(explain_hub_error(error, repo_id, revision, option, ""), HubUnreachable):
             log.info("the Hub is unreachable; using the cached %s", repo_id)
             return fallback
-        raise _explain(error, repo_id, revision, option, "reading") from None
+        raise explain_hub_error(error, repo_id, revision, option, "reading") from None
     sizes = {s.rfilename: s.size or 0 for s in info.siblings or ()}
     small, weights = select_files(sizes)
     if INDEX not in small:
@@ -137,7 +153,7 @@ def fetch(repo_id: str, revision: str | None = None, *, option: str = "--model",
         try:
             return Path(snapshot_download(repo_id, revision=revision, allow_patterns=files))
         except Exception as error:
-            raise _explain(error, repo_id, revision, option, during) from None
+            raise explain_hub_error(error, repo_id, revision, option, during) from None
         finally:
             enable_progress_bars()
 

@@ -32,6 +32,7 @@ from filelock import FileLock
 from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
+from riffstream.model import store
 from riffstream.model.options import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -40,6 +41,7 @@ from riffstream.model.options import (
     ModelOptions,
 )
 from riffstream.model.residency import DroppingWeightPages, drop_weight_pages, trim_heap
+from riffstream.model.store import resolve_decoder
 
 
 @dataclass
@@ -206,8 +208,6 @@ class RiffusionModel:
         device = options.device.upper()
         _check_device(device)
         resolve_precision(options)  # a precision this CPU lacks is one line before any download or export
-        from riffstream.model.store import resolve_decoder, resolve_ir
-
         decoder = resolve_decoder(options, progress)
         return cls.from_ir(resolve_ir(options, progress), options, decoder=decoder)
 
@@ -436,3 +436,27 @@ class RiffusionModel:
             init_latents=init_latents, strength=strength, on_step=on_step,
         )
         return Generation(image=self.decode(x), latents=x if return_latents else None)
+
+
+def calibrate_unet(f32_ir: Path, options: ModelOptions) -> tuple[object, list]:
+    """Run the f32 model a few denoising steps per built-in prompt, recording every UNet input (optimum's own
+    collection would run its default 50 steps per prompt, far too slow on a small CPU): its pipeline, requests
+    cleared, and the samples, for hybrid quantisation."""
+    from optimum.intel.openvino.quantization import InferRequestWrapper
+
+    model = RiffusionModel.from_ir(f32_ir, options, reshape=False, release_graphs=False)
+    samples: list = []
+    unet = model._pipe.unet
+    unet.request = InferRequestWrapper(unet.request, samples)
+    for seed, prompt in enumerate(store.CALIBRATION_PROMPTS):
+        model.generate(model.encode_prompt(prompt), latents=noise_for_seed(seed, model.latents_shape),
+                       steps=store.CALIBRATION_STEPS)
+    unet.request = unet.request.request
+    model._pipe.clear_requests()
+    return model._pipe, samples
+
+
+def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = False) -> Path:
+    """The store's OpenVINO IR folder for ``options`` (fetched, exported, quantised once and cached), with hybrid
+    quantisation calibrated on this runtime."""
+    return store.resolve_ir(options, progress, refresh, calibrate=calibrate_unet)

@@ -11,34 +11,30 @@ a temporary folder and renamed into place, so a crash or a full disk leaves none
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Protocol
 from pathlib import Path
 
-from filelock import FileLock
 
 from riffstream.errors import RiffstreamError
+from riffstream.model import hub
+from riffstream.model.adapters import fuse, resolve_adapters
+from riffstream.model.cache import build_atomically, cache_entry, is_complete
 from riffstream.model.checkpoint import check_folder, stage
-from riffstream.model.options import QUANTIZATIONS, TAESD, TAESD_HUB_ID, TINY_MODEL, ModelOptions
+from riffstream.model.options import DEFAULT_DECODER, QUANTIZATIONS, TAESD, TAESD_HUB_ID, TINY_MODEL, ModelOptions
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2
-"""Part of every cache key: bump it when the export recipe changes."""
 EXPORT_SECONDS_SD15_2_CORES = 360
 """Measured: optimum-intel exports the full-size SD 1.5 architecture in about 6 minutes on 2 AVX2 cores
 (Zen 3) and in 2.4 minutes on 2 AVX-512 cores (Zen 4, ``benchmarks/first_start.py``)."""
 EXPORT_FASTEST_SHARE = 0.4
-LOW_DISK_BYTES = 16 << 20
-"""Free space below which a failed cache write is taken for a full disk."""
 SD15_UNET_BYTES = 3.44e9
 """The size of SD 1.5's full-precision UNet weights, to scale that estimate to other checkpoints."""
 
@@ -64,57 +60,6 @@ CALIBRATION_STEPS = 3
 def is_ov_folder(path: Path) -> bool:
     """Whether ``path`` is a pipeline already exported to OpenVINO IR."""
     return (path / "model_index.json").is_file() and (path / "unet" / "openvino_model.xml").is_file()
-
-
-def cache_entry(cache: Path, name: str, identity: str, variant: str | None, kind: str = "models") -> Path:
-    """The cache folder for one model identity and variant (``kind``: models, decoders or sources)."""
-    key = json.dumps({"model": identity, "export": EXPORT_VERSION}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-")[-60:]
-    return cache / kind / f"{slug}-{digest}" / (variant or "f32")
-
-
-def is_complete(folder: Path) -> bool:
-    """Whether ``folder`` is a finished cache entry."""
-    return (folder / "riffstream.json").is_file()
-
-
-def build_atomically(target: Path, build: Callable[[Path], object], rebuild: bool = False) -> Path:
-    """Run ``build(tmp)`` and rename the result to ``target``; a crash or a full disk leaves no half-made entry.
-
-    A complete ``target`` is kept as it is, unless ``rebuild``: then it is replaced only once the new one is built.
-    One process builds an entry at a time (a file lock beside it, let go if its holder dies): a second process
-    that wanted it waits, then takes the finished entry instead of building it again and replacing it.
-    """
-    if is_complete(target) and not rebuild:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.with_name(f".{target.name}.lock")):
-        if is_complete(target) and not rebuild:
-            return target
-        return _build(target, build)
-
-
-def _build(target: Path, build: Callable[[Path], object]) -> Path:
-    for stale in target.parent.glob(f"{target.name}.partial-*"):  # left by a holder of the lock that died
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    try:
-        tmp.mkdir(parents=True)
-        build(tmp)
-        (tmp / "riffstream.json").write_text(json.dumps({"export": EXPORT_VERSION}))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    except Exception as error:
-        # OpenVINO's own writers report a full disk as a C++ stream error, not ENOSPC.
-        if getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(tmp.parent).free < LOW_DISK_BYTES:
-            raise RiffstreamError(
-                f"the disk is full while writing {target.parent}: free some space (or use --cache-dir on a bigger "
-                "disk) and run again.") from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _export_estimate(source: Path) -> str:
@@ -161,8 +106,6 @@ def _export(source: Path, target: Path, cache: Path, adapters: list | None = Non
     with tempfile.TemporaryDirectory(prefix="staged-", dir=cache) as staged, _quiet_loaders():
         pipeline = stage(source, Path(staged) / "pipeline")
         if adapters:
-            from riffstream.model.adapters import fuse
-
             log.info("fusing %s into the model", " and ".join(f"LoRA {a.spec}" for a in adapters))
             fused = fuse(pipeline, adapters, Path(staged) / "fused")
             pipeline = stage(fused, Path(staged) / "fused-pipeline")
@@ -175,7 +118,15 @@ def _export(source: Path, target: Path, cache: Path, adapters: list | None = Non
     shutil.copyfile(source / "scheduler" / "scheduler_config.json", target / "scheduler" / "scheduler_config.json")
 
 
-def _quantize(f32_ir: Path, target: Path, quantization: str, options: ModelOptions) -> None:
+class Calibrate(Protocol):
+    """Runs the f32 model on the built-in prompts, recording the UNet's inputs: its pipeline (requests cleared)
+    and the samples, for hybrid quantisation. The runtime provides it; the store never runs a model."""
+
+    def __call__(self, f32_ir: Path, options: ModelOptions) -> tuple[object, list]: ...
+
+
+def _quantize(f32_ir: Path, target: Path, quantization: str, options: ModelOptions,
+              calibrate: Calibrate | None) -> None:
     """Write the int8 (weight compression) or hybrid-quantised variant of ``f32_ir`` to ``target``."""
     from optimum.intel import OVConfig, OVQuantizer, OVStableDiffusionPipeline, OVWeightQuantizationConfig
 
@@ -190,31 +141,17 @@ def _quantize(f32_ir: Path, target: Path, quantization: str, options: ModelOptio
     import nncf
     from optimum.intel import OVCalibrationDataset
     from optimum.intel.openvino.configuration import OVQuantizationMethod
-    from optimum.intel.openvino.quantization import InferRequestWrapper
 
-    from riffstream.model.runtime import RiffusionModel, noise_for_seed
-
-    # Collect UNet inputs by running a few denoising steps per built-in prompt (optimum's own
-    # collection would run its default 50 steps per prompt, far too slow on a small CPU).
-    model = RiffusionModel.from_ir(f32_ir, options, reshape=False, release_graphs=False)
-    samples: list = []
-    unet = model._pipe.unet
-    unet.request = InferRequestWrapper(unet.request, samples)
-    for seed, prompt in enumerate(CALIBRATION_PROMPTS):
-        model.generate(
-            model.encode_prompt(prompt),
-            latents=noise_for_seed(seed, model.latents_shape),
-            steps=CALIBRATION_STEPS,
-        )
-    unet.request = unet.request.request
+    if calibrate is None:
+        raise RiffstreamError("hybrid quantisation calibrates on the running model: resolve it with "
+                              "riffstream.model.resolve_ir")
+    pipe, samples = calibrate(f32_ir, options)
     config = OVWeightQuantizationConfig(
         bits=8,
         dataset=list(CALIBRATION_PROMPTS),
         num_samples=len(samples),
         quant_method=OVQuantizationMethod.HYBRID,
     )
-    pipe = model._pipe
-    pipe.clear_requests()
     OVQuantizer(pipe).quantize(
         ov_config=OVConfig(quantization_config=config),
         calibration_dataset=OVCalibrationDataset({"unet": nncf.Dataset(samples)}),
@@ -224,8 +161,6 @@ def _quantize(f32_ir: Path, target: Path, quantization: str, options: ModelOptio
 
 def _source(options: ModelOptions, progress: bool, refresh: bool) -> tuple[str, str, Callable[[], Path]]:
     """(name, identity, fetch) for ``options.model``: ``fetch()`` returns its local diffusers folder."""
-    from riffstream.model import hub
-
     model, cache = options.model, options.cache
     path = Path(model).expanduser()
     if model == TINY_MODEL:
@@ -246,12 +181,14 @@ def _source(options: ModelOptions, progress: bool, refresh: bool) -> tuple[str, 
     raise RiffstreamError(f"Model {model!r} is not a folder, a Hugging Face Hub id (owner/name) or 'tiny': check --model.")
 
 
-def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = False) -> Path:
+def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = False,
+               calibrate: Calibrate | None = None) -> Path:
     """An OpenVINO IR folder for ``options``: fetched, exported and quantised into the cache once.
 
     ``refresh`` asks the Hub for the model's latest files even when a cached snapshot is
     complete (``riffstream download``); an export is rebuilt only if its source changed.
     With LoRA adapters, the export is of the fused model, keyed by each adapter's content and scale.
+    Hybrid quantisation needs ``calibrate`` (:func:`riffstream.model.runtime.resolve_ir` passes it).
     """
     options.check()
     cache = options.cache
@@ -266,8 +203,6 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
         name, identity, fetch = _source(options, progress, refresh)
         adapters = None
         if options.loras:
-            from riffstream.model.adapters import resolve_adapters
-
             adapters = resolve_adapters(options.loras, options.model, cache, progress)
             name = "+".join([name] + [a.name for a in adapters])
             identity = json.dumps([identity] + [[a.identity, a.spec.scale] for a in adapters])
@@ -284,7 +219,7 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
     if options.quantization is None:
         return f32
     target = cache_entry(cache, name, identity, options.quantization)
-    return build_atomically(target, lambda tmp: _quantize(f32, tmp, options.quantization, options))
+    return build_atomically(target, lambda tmp: _quantize(f32, tmp, options.quantization, options, calibrate))
 
 
 def _export_from(source: Path, target: Path, cache: Path, adapters: list | None = None) -> None:
@@ -326,24 +261,20 @@ def _decoder_files(repo_id: str, progress: bool) -> Path:
     """The config and safetensors weights of an AutoencoderTiny on the Hub (errors name --decoder)."""
     from huggingface_hub import snapshot_download
 
-    from riffstream.model.hub import _explain
-
-    kwargs = dict(allow_patterns=["config.json", "*.safetensors"])
+    patterns = ["config.json", "*.safetensors"]
+    cached = hub.in_local_cache(lambda: Path(snapshot_download(repo_id, allow_patterns=patterns,
+                                                               local_files_only=True)))
+    if cached is not None:
+        return cached
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
-    except Exception:
-        pass
-    try:
-        return Path(snapshot_download(repo_id, **kwargs))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as error:
-        raise _explain(error, repo_id, None, "--decoder", "downloading") from None
+        raise hub.explain_hub_error(error, repo_id, None, "--decoder", "downloading") from None
 
 
 def resolve_decoder(options: ModelOptions, progress: bool = True) -> Path | None:
     """The OpenVINO IR (``openvino_model.xml``) of the tiny decoder ``options.decoder`` asks for,
     converting it into the cache once; None for the model's own VAE decoder."""
-    from riffstream.model import hub
-    from riffstream.model.options import DEFAULT_DECODER
 
     decoder = options.decoder
     if decoder == DEFAULT_DECODER:
