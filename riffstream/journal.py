@@ -103,8 +103,10 @@ class Journal:
         return plan
 
     @classmethod
-    def resume(cls, out: str | os.PathLike[str], plan: dict) -> tuple[Journal, list[FinishedClip]]:
-        """The journal for ``out`` and its finished clips, in order, if it was started with ``plan``.
+    def resume(cls, out: str | os.PathLike[str], plan: dict,
+               latents: bool = False) -> tuple[Journal, list[FinishedClip]]:
+        """The journal for ``out`` and its finished clips, in order, if it was started with ``plan``; with
+        ``latents`` (a continued render, whose next clip starts from them) each clip's latents too.
 
         Nothing is changed; a missing, corrupt or mismatched journal is a one-line RiffstreamError.
         """
@@ -120,7 +122,7 @@ class Journal:
             raise RiffstreamError(f"cannot resume {out}: its journal is corrupt (clip {_gap(numbers)} is missing)")
         finished = []
         for number in numbers:
-            finished.append(cls._read_clip(out, folder, number, plan.get("continuation", False)))
+            finished.append(cls._read_clip(out, folder, number, latents))
         return cls(folder, plan), finished
 
     @staticmethod

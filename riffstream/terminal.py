@@ -14,6 +14,7 @@ import select
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -40,6 +41,13 @@ def typed_text(keys: bytes) -> str:
     return "".join(text)
 
 
+class Steerable(Protocol):
+    """What typed prompts go to: a :class:`~riffstream.stream.Stream` (or its steering)."""
+
+    def queue_prompt(self, text: str) -> None:
+        """Queue a transition to ``text``; a RiffstreamError says why it cannot be."""
+
+
 class TypedPrompts:
     """Lines typed on ``fd`` (stdin), each queued on the stream as a transition when Enter is pressed.
 
@@ -47,7 +55,7 @@ class TypedPrompts:
     ``pending`` is the line being typed, with backspace applied.
     """
 
-    def __init__(self, stream: Stream, show: Callable[[str], None], fd: int = 0) -> None:
+    def __init__(self, stream: Steerable, show: Callable[[str], None], fd: int = 0) -> None:
         self.stream, self.show, self.fd = stream, show, fd
         self.pending = ""
         self._keys = b""

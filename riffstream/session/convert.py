@@ -63,8 +63,8 @@ def prepare_model(request: GenerationRequest, presets: Sequence[str], say: Calla
     began = time.monotonic()
     exported = []
     with model_stack(f"cannot prepare model {name!r}", say):
+        from riffstream.model import resolve_decoder, resolve_ir  # lazily, as in riffstream.session.run
         from riffstream.model.hub import HubUnreachable
-        from riffstream.model import resolve_decoder, resolve_ir
 
         for number, preset in enumerate(presets):
             options = model_options(request, name, preset_for(request, playing=False, name=preset))

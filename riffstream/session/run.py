@@ -25,8 +25,11 @@ from riffstream.journal import FinishedClip, Journal
 from riffstream.model.options import TINY_MODEL
 from riffstream.session.plan import GenerationPlan, GenerationRequest, journal_plan, plan_generation
 from riffstream.sinks import AudioFileWriter, claim_output
+from riffstream.sinks.broadcast import Broadcast
 from riffstream.stream import ClipSource, Player, RealTimeClock, Stream, refuse_remote_continuation
 
+# The model (OpenVINO, diffusers), Ray and the server's web stack are imported inside the functions that
+# use them: --help and argument errors then answer at once, and need none of the extras installed.
 if TYPE_CHECKING:
     from riffstream.model import RiffusionModel
     from riffstream.server.icecast import IcecastTarget
@@ -35,7 +38,6 @@ if TYPE_CHECKING:
 SERVE_AHEAD_CLIPS = 2
 #: What ``riffstream serve`` plays when no prompt is given (the page steers it from there).
 DEFAULT_SERVE_PROMPT = "lofi hip hop beat"
-TINY_NOTE = "note: the tiny model has random weights: its output is noise, not music"
 
 
 class Reporter(Protocol):
@@ -125,12 +127,21 @@ def load_model(plan: GenerationPlan, say: Callable[[str], None]) -> RiffusionMod
 @contextlib.contextmanager
 def clip_source(plan: GenerationPlan, say: Callable[[str], None]) -> Iterator[ClipSource | RiffusionModel]:
     """Where the plan's clips are made, ready: this process's model, or a pool of Ray workers (closed after)."""
-    if plan.request.ray is None:
-        model = load_model(plan, say)
-        if model.is_tiny:
-            say(TINY_NOTE)
-        yield model
-        return
+    with contextlib.ExitStack() as stack:
+        if plan.request.ray is None:
+            source = load_model(plan, say)
+            tiny = source.is_tiny  # the fallback model may be the tiny one
+        else:
+            source = stack.enter_context(_ray_pool(plan, say))
+            tiny = plan.model.model == TINY_MODEL
+        if tiny:
+            say("note: the tiny model has random weights: its output is noise, not music")
+        yield source
+
+
+@contextlib.contextmanager
+def _ray_pool(plan: GenerationPlan, say: Callable[[str], None]) -> Iterator[ClipSource]:
+    """A pool of Ray workers holding the plan's model, ready (closed after)."""
     refuse_remote_continuation(plan.stream)  # before the workers start
     with model_stack("cannot start the Ray workers", say):
         from riffstream.stream.raypool import RayPool
@@ -145,8 +156,6 @@ def clip_source(plan: GenerationPlan, say: Callable[[str], None]) -> Iterator[Cl
         if plan.model.threads is None:
             say("note: each Ray worker runs 1 thread: the audio differs from a local render's unless both are "
                 "given the same --threads")
-        if plan.model.model == TINY_MODEL:
-            say(TINY_NOTE)
         yield pool
     finally:
         pool.close()
@@ -176,7 +185,7 @@ def generate(request: GenerationRequest, reporter: Reporter) -> str | None:
     with claim_output(request.out) if request.out else contextlib.nullcontext():
         journal, finished = None, []
         if request.resume:  # checked before the model loads, and nothing is touched if it does not match
-            journal, finished = Journal.resume(request.out, journal_plan(plan))
+            journal, finished = Journal.resume(request.out, journal_plan(plan), plan.stream.continuation)
         if request.preset == "auto" and plan.preset == "live":
             reporter.say("live preset for live play on a CPU (LCM-LoRA, 4 steps, TAESD); --preset quality plays "
                          "the model as trained, far slower than real time here")
@@ -263,7 +272,6 @@ def serve(request: GenerationRequest, listen: ServeRequest, reporter: Reporter) 
     except ImportError as error:
         raise RiffstreamError(f"riffstream serve needs the server extra ({error.name} is missing): "
                               "pip install 'riffstream[serve]'") from None
-    from riffstream.sinks.broadcast import Broadcast
 
     if not request.prompt and request.timeline is None:
         request = dataclasses.replace(request, prompt=(DEFAULT_SERVE_PROMPT,))
