@@ -9,6 +9,7 @@ in this process (its point is what it says and what it leaves alone).
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from riffstream.journal import JOURNAL_VERSION
 from tests.running import assert_one_line_error, run_cli
 from tests.serving import free_port
 
@@ -70,7 +72,7 @@ def test_a_resume_of_a_render_that_is_still_running_is_refused_and_its_journal_i
     out = tmp_path / "o.wav"
     journal = tmp_path / ".o.wav.journal"
     journal.mkdir()
-    (journal / "plan.json").write_text('{"version": 1, "seed": 7}')
+    (journal / "plan.json").write_text(json.dumps({"version": JOURNAL_VERSION, "stream": {"seed": 7}}))
     (journal / "clip-00000.png").write_bytes(b"a clip being written")
     other = holder(out)
     before = _tree(tmp_path)

@@ -16,8 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import riffstream.model.hub as hub
 from riffstream.errors import RiffstreamError
-from riffstream.model import hub
 from riffstream.model.cache import build_atomically, cache_entry
 from riffstream.model.options import LCM_LORA, LCM_LORA_HUB_ID, TINY_MODEL, LoraSpec
 
@@ -108,12 +108,12 @@ def _fetch(repo: str, filename: str | None, progress: bool) -> Path:
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     def cached() -> Path:  # offline first: a cached adapter needs no network
-        name = filename
-        if name is None:
+        nonlocal filename
+        if filename is None:
             snapshot = Path(snapshot_download(repo, allow_patterns=[f"*{s}" for s in WEIGHT_SUFFIXES],
                                               local_files_only=True))
-            name = _pick([p.name for p in snapshot.iterdir()], repo)
-        return Path(hf_hub_download(repo, name, local_files_only=True))
+            filename = _pick([p.name for p in snapshot.iterdir()], repo)
+        return Path(hf_hub_download(repo, filename, local_files_only=True))
 
     found = hub.in_local_cache(cached)
     if found is not None:

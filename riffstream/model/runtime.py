@@ -29,10 +29,10 @@ import PIL.Image
 import torch
 from filelock import FileLock
 
+import riffstream.model.store as store
 from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
-from riffstream.model import store
 from riffstream.model.options import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -41,7 +41,6 @@ from riffstream.model.options import (
     ModelOptions,
 )
 from riffstream.model.residency import DroppingWeightPages, drop_weight_pages, trim_heap
-from riffstream.model.store import resolve_decoder
 
 
 @dataclass
@@ -208,7 +207,7 @@ class RiffusionModel:
         device = options.device.upper()
         _check_device(device)
         resolve_precision(options)  # a precision this CPU lacks is one line before any download or export
-        decoder = resolve_decoder(options, progress)
+        decoder = store.resolve_decoder(options, progress)
         return cls.from_ir(resolve_ir(options, progress), options, decoder=decoder)
 
     @classmethod

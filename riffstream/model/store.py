@@ -18,13 +18,12 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
-
+import riffstream.model.hub as hub
 from riffstream.errors import RiffstreamError
-from riffstream.model import hub
-from riffstream.model.adapters import fuse, resolve_adapters
+from riffstream.model.adapters import Adapter, fuse, resolve_adapters
 from riffstream.model.cache import build_atomically, cache_entry, is_complete
 from riffstream.model.checkpoint import check_folder, stage
 from riffstream.model.options import DEFAULT_DECODER, QUANTIZATIONS, TAESD, TAESD_HUB_ID, TINY_MODEL, ModelOptions
@@ -98,9 +97,9 @@ def _quiet_loaders() -> Iterator[None]:
                 module.enable_progress_bar()
 
 
-def _export(source: Path, target: Path, cache: Path, adapters: list | None = None) -> None:
+def _export(source: Path, target: Path, cache: Path, adapters: list[Adapter] | None = None) -> None:
     """Export the diffusers checkpoint ``source`` to OpenVINO IR (f32) in ``target``, with ``adapters``
-    (:class:`riffstream.model.adapters.Adapter`) fused into its weights first."""
+    fused into its weights first."""
     from optimum.intel import OVStableDiffusionPipeline
 
     with tempfile.TemporaryDirectory(prefix="staged-", dir=cache) as staged, _quiet_loaders():
@@ -222,7 +221,7 @@ def resolve_ir(options: ModelOptions, progress: bool = True, refresh: bool = Fal
     return build_atomically(target, lambda tmp: _quantize(f32, tmp, options.quantization, options, calibrate))
 
 
-def _export_from(source: Path, target: Path, cache: Path, adapters: list | None = None) -> None:
+def _export_from(source: Path, target: Path, cache: Path, adapters: list[Adapter] | None = None) -> None:
     _export(source, target, cache, adapters)
     (target / "source.json").write_text(json.dumps({"source": source.resolve().name}))
 
@@ -275,7 +274,6 @@ def _decoder_files(repo_id: str, progress: bool) -> Path:
 def resolve_decoder(options: ModelOptions, progress: bool = True) -> Path | None:
     """The OpenVINO IR (``openvino_model.xml``) of the tiny decoder ``options.decoder`` asks for,
     converting it into the cache once; None for the model's own VAE decoder."""
-
     decoder = options.decoder
     if decoder == DEFAULT_DECODER:
         return None

@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 TINY_VERSION = 2
 """Bump when the architecture, weights or layout change, so cached copies are rebuilt."""
@@ -86,7 +90,8 @@ def _save_bin(model: torch.nn.Module, config: dict, folder: Path, weights: str) 
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, folder / weights)
 
 
-def write_riffusion_layout(folder: Path, unet, vae, text_encoder, safety_checker=None) -> Path:
+def write_riffusion_layout(folder: Path, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
+                           safety_checker: torch.nn.Module | None = None) -> Path:
     """Save SD 1.x components in ``folder`` as ``riffusion/riffusion-model-v1`` is laid out.
 
     The tokenizer must already be in ``folder/tokenizer`` (:func:`write_byte_tokenizer`).
@@ -130,7 +135,7 @@ def write_riffusion_layout(folder: Path, unet, vae, text_encoder, safety_checker
     return folder
 
 
-def tiny_unet():
+def tiny_unet() -> UNet2DConditionModel:
     """The tiny UNet, with its fixed-seed random weights: SD 1.x's block types at a few channels."""
     from diffusers import UNet2DConditionModel
 
@@ -158,7 +163,7 @@ def build_tiny_lora(folder: Path, seed: int = SEED + 4, rank: int = 4) -> Path:
     return write_random_lora(folder, tiny_unet(), seed, rank)
 
 
-def write_random_lora(folder: Path, unet, seed: int, rank: int) -> Path:
+def write_random_lora(folder: Path, unet: UNet2DConditionModel, seed: int, rank: int) -> Path:
     """Save a random LoRA for ``unet`` over :data:`LORA_LAYERS` in diffusers' PEFT format
     (``pytorch_lora_weights.safetensors``), as ``save_lora_weights`` writes a trained one."""
     from diffusers import StableDiffusionPipeline

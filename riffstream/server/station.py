@@ -245,6 +245,7 @@ class Station:
                     listener.task.cancel()
 
     def listener_started(self, listener_id: str | None, name: str, start: float) -> None:
+        """Tell the page named ``listener_id`` where its audio began on the stream's time."""
         if listener_id is None:
             return
         record = {"id": listener_id, "format": name, "start": round(start, 3)}
@@ -254,6 +255,7 @@ class Station:
         self._publish("listener", record)
 
     def full(self) -> bool:
+        """Whether the station has its most listeners (audio and event streams together)."""
         return len(self.listeners) + self.event_streams >= self.options.max_listeners
 
     async def listen(self, name: str, listener_id: str | None, send, receive) -> None:

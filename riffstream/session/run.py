@@ -203,7 +203,7 @@ def _play(plan: GenerationPlan, source: ClipSource | RiffusionModel, reporter: R
     writer = AudioFileWriter(out, params.sample_rate, params.channels) if out else None
     clock = None
     if plan.output_device is not None:
-        def clock(ring):
+        def clock(ring) -> Player:
             return Player(ring, params.sample_rate, params.channels, request.output_device)
     try:
         stream = Stream(source, options, [writer] if writer else [], clock, journal, finished)
