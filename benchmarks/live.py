@@ -104,7 +104,7 @@ def options_for(cache: Path, preset: str, precision: str):
 
 def phase_prepare(cache: Path) -> dict:
     """Build the parts and export both presets' models (cached: seconds when done before)."""
-    from riffstream.model.store import resolve_decoder, resolve_ir
+    from riffstream.model import resolve_decoder, resolve_ir
 
     began = time.monotonic()
     parts(cache)
