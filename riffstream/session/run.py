@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from riffstream.errors import RiffstreamError, SourceLost, Terminated, WriteFailed
 from riffstream.journal import FinishedClip, Journal
 from riffstream.model.options import TINY_MODEL
+from riffstream.server import CONTROL_CALLS, DEFAULT_MAX_LISTENERS
 from riffstream.session.plan import GenerationPlan, GenerationRequest, journal_plan, plan_generation
 from riffstream.sinks import AudioFileWriter, claim_output
 from riffstream.sinks.broadcast import Broadcast
@@ -58,8 +59,8 @@ class ServeRequest:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
-    max_listeners: int | None = None
-    control_rate: int | None = None
+    max_listeners: int = DEFAULT_MAX_LISTENERS
+    control_rate: int = CONTROL_CALLS
     icecast: IcecastTarget | None = None
     icecast_format: str = "mp3"
 
@@ -277,7 +278,10 @@ def serve(request: GenerationRequest, listen: ServeRequest, reporter: Reporter) 
         request = dataclasses.replace(request, prompt=(DEFAULT_SERVE_PROMPT,))
     plan = plan_generation(dataclasses.replace(request, serve=True, no_play=True))
     with claim_output(request.out) if request.out else contextlib.nullcontext():
-        options = server.ServeOptions(**_serve_options(listen, server.needs_token(listen.host, listen.token)))
+        options = server.ServeOptions(
+            host=listen.host, port=listen.port, token=server.needs_token(listen.host, listen.token),
+            max_listeners=listen.max_listeners, icecast=listen.icecast, icecast_format=listen.icecast_format,
+            control_calls=listen.control_rate)
         if options.icecast is not None:
             server.check_icecast(options, reporter.say)
         sock = server.bind(listen.host, listen.port)
@@ -309,10 +313,3 @@ def serve(request: GenerationRequest, listen: ServeRequest, reporter: Reporter) 
             sock.close()
     if stopped_by is not None:
         raise Terminated() if stopped_by == signal.SIGTERM else KeyboardInterrupt()
-
-
-def _serve_options(listen: ServeRequest, token: str | None) -> dict:
-    options = {"host": listen.host, "port": listen.port, "token": token, "icecast": listen.icecast,
-               "icecast_format": listen.icecast_format, "max_listeners": listen.max_listeners,
-               "control_calls": listen.control_rate}
-    return {key: value for key, value in options.items() if value is not None or key in ("token", "icecast")}
