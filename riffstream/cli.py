@@ -38,7 +38,7 @@ from riffstream.session import GenerationPlan, GenerationRequest, ServeRequest, 
 from riffstream.session import plan_generation as plan_request
 from riffstream.session.convert import audio_to_png, images_to_audio, prepare_model
 from riffstream.sinks import list_devices
-from riffstream.stream import DEFAULT_STRENGTH
+from riffstream.stream import DEFAULT_STRENGTH, STEER_MODES
 from riffstream.terminal import Terminal, say
 
 #: Exit status for user-fixable errors (argparse uses 2 for usage errors too).
@@ -137,9 +137,10 @@ GENERATE_EPILOG = """examples:
   riffstream "lofi beat" --model tiny --duration 20 --no-play --out test.wav
                                                    offline smoke test (noise, not music)
 
-While an endless stream runs, type a new prompt and press Enter: the stream moves to it
-over --clips-per-transition clips. Ctrl-C (or SIGTERM) stops within a second; a file
-being written keeps every finished clip.
+While an endless stream runs, type a new prompt and press Enter: the stream turns to it at
+once (heard within seconds) and moves to it over --clips-per-transition clips. Ctrl-C (or
+SIGTERM) stops within a second; a file being written keeps every finished clip (endless live
+play: everything that was heard).
 
 Conversions: riffstream image-to-audio SPEC.png OUT.wav, riffstream audio-to-image IN.wav
 OUT.png (see riffstream image-to-audio --help). Fetch and export a model ahead of time, to
@@ -230,6 +231,11 @@ def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
     gen.add_argument("--clips-per-transition", type=option_type(checks.CLIPS_PER_TRANSITION), default=DEFAULT_CLIPS_PER_TRANSITION, metavar="N",
                      help="clips a transition takes in endless play; on one prompt the seed walks on every N clips "
                           "(default: %(default)s, alpha 0.25 ... 1.0 as Riffusion's web app)")
+    gen.add_argument("--steer", choices=STEER_MODES, default="now",
+                     help="how a prompt typed (or posted) into endless play is taken: 'now' turns from where the "
+                          "stream is and drops audio not yet heard, so it is heard within seconds; 'smooth' waits for "
+                          "the transition in progress to end and plays out what is made, as Riffusion's app "
+                          "(default: %(default)s)")
     gen.add_argument("--crossfade", type=option_type(checks.CROSSFADE), metavar="SECONDS",
                      help=f"overlap between clips, phase-continued and crossfaded (default: {DEFAULT_CROSSFADE:g}, "
                           "or a quarter of a narrower clip)")

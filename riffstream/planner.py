@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -82,7 +82,9 @@ class Clip:
     """One clip of the path: ``alpha`` of the way from (prompt_a, seed_a) to (prompt_b, seed_b).
 
     A timeline may also give each end its own negative prompt (None: the stream's) and the
-    clip its own img2img strength (None: the stream's).
+    clip its own img2img strength (None: the stream's). A path steered while a transition was
+    under way starts from where the stream was: ``origin`` is then the clip it turned after, and
+    end a is that clip's point (``prompt_a`` names it as a blend; its noise is that clip's noise).
     """
 
     index: int
@@ -94,6 +96,47 @@ class Clip:
     negative_a: str | None = None
     negative_b: str | None = None
     strength: float | None = None
+    origin: Clip | None = None
+
+
+#: Turns on turns: a path steered again before its last turn ended starts from a point that is itself a
+#: blend of points. Past this depth the oldest starting point is taken as its nearer end (its weight by then
+#: is at most a few percent), so a listener who steers every second for an hour never makes a clip's noise
+#: cost more than this many draws.
+MAX_TURN_DEPTH = 6
+
+
+def point_of(clip: Clip) -> tuple[str, Clip | None]:
+    """Where ``clip`` is on the path, as the start of a new one: its prompts' blend (a prompt or a flat
+    weighted blend of the prompts under it) and the clip whose noise it has, or None where that is
+    one seed's (``clip`` lies on a waypoint)."""
+    if clip.alpha >= 1.0 - 1e-9:
+        return clip.prompt_b, None
+    if clip.alpha <= 1e-9:
+        return clip.prompt_a, None if clip.origin is None else _shallow(clip.origin, MAX_TURN_DEPTH)
+    weights: dict[str, float] = {}
+    for text, share in ((clip.prompt_a, 1.0 - clip.alpha), (clip.prompt_b, clip.alpha)):
+        for part, weight in parse_blend(text):
+            weights[part] = weights.get(part, 0.0) + share * weight
+    label = " + ".join(part if len(weights) == 1 else f"{part}:{weight:.6g}" for part, weight in weights.items()
+                       if weight > 1e-6)
+    return label, _shallow(clip, MAX_TURN_DEPTH)
+
+
+def clip_noise(clip: Clip, noise_for_seed: Callable[[int], np.ndarray]) -> np.ndarray:
+    """A clip's starting noise: its seeds' noise slerped by ``alpha``, from its origin's noise where a turn
+    started its path from a point between waypoints."""
+    start = clip_noise(clip.origin, noise_for_seed) if clip.origin is not None else noise_for_seed(clip.seed_a)
+    return slerp(start, noise_for_seed(clip.seed_b), clip.alpha)
+
+
+def _shallow(clip: Clip, depth: int) -> Clip:
+    """``clip`` with its chain of origins cut at ``depth``: the deepest kept one starts from its nearer seed."""
+    if clip.origin is None:
+        return clip
+    if depth <= 1:
+        return replace(clip, origin=None)
+    return replace(clip, origin=_shallow(clip.origin, depth - 1))
 
 
 def lerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
@@ -142,6 +185,11 @@ class Journey(Protocol):
     def set_seed(self, seed: int, next_index: int) -> None:
         """Walk on from ``seed`` after the transition in progress."""
 
+    def turn(self, next_index: int, origin: Clip, prompt: str | None = None, seed: int | None = None) -> None:
+        """Turn at once: from clip ``next_index`` on, the path runs from ``origin``'s point (the clip before
+        it) to ``prompt`` (None: where ``origin`` was heading) with ``seed`` (None: the walk's next), over
+        the usual number of clips."""
+
     def set_clips_per_transition(self, clips: int, next_index: int) -> None:
         """Pace the transitions to come."""
 
@@ -178,6 +226,10 @@ class PromptJourney:
         self._anchor = (0, 0.0)
         # (first waypoint, its seed): later waypoints walk on from the latest entry that covers them.
         self._seeds = [(0, self.seed)]
+        # Waypoints that are points a turn started from: waypoint -> the clip whose point it is.
+        self._origins: dict[int, Clip] = {}
+        # The plan as it was before each turn, by the clip the turn started at, so a rewind past one undoes it.
+        self._before_turns: list[tuple[int, tuple]] = []
 
     def position(self, index: int) -> float:
         """Where clip ``index`` lies on the path, in waypoints."""
@@ -215,8 +267,34 @@ class PromptJourney:
 
     def rewind(self, index: int, time: float | None = None) -> None:
         """Plan again from clip ``index``, as if no later clip had been planned (``time``: where the clip before
-        it is centred, for timelines)."""
+        it is centred, for timelines). A turn made at or after ``index`` is undone."""
+        while self._before_turns and self._before_turns[-1][0] >= index:
+            _, state = self._before_turns.pop()
+            self.prompts, self.seed, self._anchor, self._seeds, self._origins = state
         self._last_position = self.position(index - 1) if index > 0 else 0.0
+
+    def turn(self, next_index: int, origin: Clip, prompt: str | None = None, seed: int | None = None) -> None:
+        """Turn at once from ``origin``'s point (clip ``next_index - 1``) towards ``prompt`` with ``seed``
+        (None: the prompt ``origin`` heads to; the walk's next seed), over ``clips_per_transition`` clips."""
+        if prompt is not None:
+            prompt = check_queued(prompt, self.total_clips)
+        elif self.total_clips is not None:
+            raise RiffstreamError("the journey of a finite --duration is fixed: its seeds cannot change")
+        self._before_turns.append((next_index, (list(self.prompts), self.seed, self._anchor, list(self._seeds),
+                                                dict(self._origins))))
+        start = math.floor(self.position(next_index - 1) + 1e-9) + 1  # a waypoint no planned clip reached
+        label, noise_from = point_of(origin)
+        new_seed = origin.seed_b + 1 if seed is None else int(seed)
+        self.prompts = [self.waypoint(j)[0] for j in range(start)] + [label, prompt or origin.prompt_b]
+        self._seeds = [entry for entry in self._seeds if entry[0] < start] + [(start, origin.seed_b),
+                                                                              (start + 1, new_seed)]
+        self._origins = {j: clip for j, clip in self._origins.items() if j < start}
+        if noise_from is not None:
+            self._origins[start] = noise_from
+        self._anchor = (next_index - 1, float(start))
+        self._last_position = float(start)
+        if seed is not None:
+            self.seed = int(seed)
 
     def clip(self, index: int, time: float | None = None) -> Clip:
         """Plan clip ``index`` (clips are planned in order; ``queue`` only affects later ones).
@@ -232,7 +310,7 @@ class PromptJourney:
         (prompt_a, seed_a), (prompt_b, seed_b) = self.waypoint(j), self.waypoint(j + 1)
         if index == 0 and alpha == 0.0:
             prompt_b, seed_b = prompt_a, seed_a
-        return Clip(index, prompt_a, prompt_b, float(alpha), seed_a, seed_b)
+        return Clip(index, prompt_a, prompt_b, float(alpha), seed_a, seed_b, origin=self._origins.get(j))
 
     def queue(self, prompt: str, next_index: int) -> None:
         """Add a transition to ``prompt``; ``next_index`` is the first clip not yet planned.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -278,6 +278,14 @@ class ClipLayout:
             self._next = (index, slot.start)
             for later in [n for n in self._laid if n >= index]:
                 del self._laid[later]
+
+    def shorten(self, index: int, advance: int) -> None:
+        """Clip ``index``, the last laid out, is cut short: the next clip starts ``advance`` columns after it."""
+        slot, grid = self._laid[index]
+        if self._next[0] != index + 1:
+            raise ValueError(f"only the last clip laid out can be cut short, not clip {index}")
+        self._laid[index] = (replace(slot, advance=advance), grid)
+        self._next = (index + 1, slot.start + advance)
 
     def slot(self, index: int) -> Slot:
         """Lay out clip ``index``: the next one after the last laid out."""

@@ -35,7 +35,7 @@ from pathlib import Path
 from riffstream import checks
 from riffstream.checks import check_input_file, check_number
 from riffstream.errors import RiffstreamError
-from riffstream.planner import Clip, check_pace_change, check_queued, parse_blend
+from riffstream.planner import Clip, check_pace_change, check_queued, parse_blend, point_of
 from riffstream.tempo import check_bpm
 
 try:
@@ -314,6 +314,8 @@ class Waypoint:
     seed: int
     negative_prompt: str | None = None
     strength: float | None = None
+    #: The clip whose point this is, where a turn started from it (its noise is that clip's).
+    origin: Clip | None = None
 
 
 class TimelineJourney:
@@ -340,6 +342,8 @@ class TimelineJourney:
         self.left_timeline = False
         self.left_at = math.inf
         self._last_time: float | None = None
+        # The plan as it was before each turn, by the clip the turn started at, so a rewind past one undoes it.
+        self._before_turns: list[tuple[int, tuple]] = []
         self._waypoints = list(self._lay_out())
         self.seed = self._waypoints[0].seed
 
@@ -400,8 +404,44 @@ class TimelineJourney:
 
     def rewind(self, index: int, time: float | None = None) -> None:
         """Plan again from clip ``index``, as if no later clip had been planned; ``time`` is where the clip
-        before it is centred (None: nothing is planned)."""
+        before it is centred (None: nothing is planned). A turn made at or after ``index`` is undone."""
+        while self._before_turns and self._before_turns[-1][0] >= index:
+            _, state = self._before_turns.pop()
+            self._waypoints, self.seed, self.left_timeline, self.left_at = state
         self._last_time = time if index > 0 else None
+
+    def turn(self, next_index: int, origin: Clip, prompt: str | None = None, seed: int | None = None) -> None:
+        """Turn at once from ``origin``'s point (the clip before ``next_index``, centred where the last clip
+        planned was) towards ``prompt`` (None: the prompt ``origin`` heads to) with ``seed`` (None: the walk's
+        next), over one seed-walk step; a prompt leaves the rest of the timeline."""
+        if prompt is not None:
+            prompt = check_queued(prompt, self.total_clips)
+        elif self.total_clips is not None:
+            raise RiffstreamError("the journey of a finite --duration is fixed: its seeds cannot change")
+        if self._last_time is None:
+            raise RiffstreamError("a turn needs a clip to start from")
+        self._before_turns.append((next_index, (list(self._waypoints), self.seed, self.left_timeline,
+                                                self.left_at)))
+        start = self._last_time
+        label, noise_from = point_of(origin)
+        negative = origin.negative_b if origin.alpha >= 0.5 else origin.negative_a
+        here = Waypoint(start, label, origin.seed_b, negative, origin.strength, noise_from)
+        new_seed = origin.seed_b + 1 if seed is None else int(seed)
+        kept = [w for w in self._waypoints if w.time < start - 1e-9]
+        end = start + self.step
+        if prompt is not None or self.left_timeline:
+            if not self.left_timeline:
+                self.left_timeline, self.left_at = True, start
+            self._waypoints = kept + [here, replace(here, time=end, prompt=prompt or origin.prompt_b, seed=new_seed,
+                                                    origin=None)]
+        else:  # a new seed on the timeline: turn to where the plan would be one step on, re-seeded, and on as planned
+            a, b, alpha = self._segment(end)
+            planned = point_of(Clip(0, a.prompt, b.prompt, alpha, a.seed, b.seed))[0]
+            later = [w for w in self._waypoints if w.time > end + 1e-9]
+            self._waypoints = kept + [here, replace(b, time=end, prompt=planned, seed=new_seed, origin=None)] + [
+                replace(w, seed=new_seed + m) for m, w in enumerate(later, 1)]
+        if seed is not None:
+            self.seed = int(seed)
 
     def clip(self, index: int, time: float | None = None) -> Clip:
         """Plan clip ``index``, whose centre is at ``time`` seconds (default: ``index`` advances in)."""
@@ -411,7 +451,7 @@ class TimelineJourney:
         a, b, alpha = self._segment(time)
         strength = (1 - alpha) * a.strength + alpha * b.strength if a.strength != b.strength else a.strength
         return Clip(index, a.prompt, b.prompt, float(alpha), a.seed, b.seed,
-                    negative_a=a.negative_prompt, negative_b=b.negative_prompt, strength=strength)
+                    negative_a=a.negative_prompt, negative_b=b.negative_prompt, strength=strength, origin=a.origin)
 
     def _kept(self) -> int:
         """How many waypoints are passed or in progress: the segment of the last clip planned ends at the last

@@ -77,7 +77,7 @@ def test_a_typed_prompt_queues_a_transition_and_ctrl_c_keeps_a_valid_file(tiny_e
     stderr = process.stderr.read().decode()
     assert process.returncode == 130, stderr
     assert stopped_in < 2.0 and "Traceback" not in stderr
-    assert "queued a transition to 'smooth jazz'" in stderr
+    assert "turning to 'smooth jazz' now" in stderr
     assert "ignored 'jazz:0 + lofi': the weight of 'jazz'" in stderr  # a bad blend typed live is only skipped
     records = clip_records(spec)
     to_jazz = [r["alpha"] for r in records if r["prompt_b"] == "smooth jazz" and r["prompt_a"] == "lofi"]
@@ -225,5 +225,5 @@ def test_typing_in_a_terminal_never_lands_on_the_progress_bar(tiny_exported, tmp
         os.close(master)
     assert process.returncode == 130
     pieces = [p.strip() for p in re.split(r"[\r\n]", screen.decode("utf-8", "replace")) if "ja" in p]
-    assert pieces and all(p.startswith(("> j", "riffstream: next: 'jazz'", "riffstream: queued a transition to 'jazz'"))
+    assert pieces and all(p.startswith(("> j", "riffstream: next: 'jazz'", "riffstream: turning to 'jazz' now"))
                           for p in pieces), pieces

@@ -293,7 +293,7 @@ def test_endless_live_play_stays_a_few_clips_ahead_of_the_listener(model):
     """A model faster than real time does not run a minute ahead: a typed prompt is heard within
     three clips (0.64 s each here; at least the 2.64 s that looping the last clip needs)."""
     stream, made, heard = _play_live(model, 6.0)
-    limit = stream.ring.capacity / RATE
+    limit = stream.ring.ahead / RATE
     assert limit == pytest.approx(2.64, abs=0.01)
     # However fast the model, what was made but not yet heard is at most the ring, the clip
     # waiting to enter it and the clips in the making (a slower model is only nearer the listener).
@@ -410,5 +410,5 @@ def test_a_queued_prompt_is_reported_until_the_clock_reaches_a_clip_carrying_it(
     finally:
         stream.stop()
     assert seen[-1][1] == () and all(queued == ("smooth jazz",) for _, queued in seen[:-1]), seen
-    assert any(line.startswith("queued a transition to 'smooth jazz'") for line in stream.take_messages())
+    assert any(line.startswith("turning to 'smooth jazz' now") for line in stream.take_messages())
     assert stream.take_messages() == []

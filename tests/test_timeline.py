@@ -256,7 +256,7 @@ def test_live_play_runs_through_the_timeline_riffs_on_and_takes_typed_prompts(ti
     assert all(r["prompt_b"] in ("jazz", "techno") for r, t in zip(records, centres) if t >= 2)
     walking = [r for r in records if r["prompt_a"] == r["prompt_b"] == "jazz"]
     assert len({r["seed_a"] for r in walking}) >= 2  # after the last entry it riffs on, the seed walking
-    assert "queued a transition to 'techno'" in stderr
+    assert "turning to 'techno' now" in stderr
 
 
 def test_a_timeline_end_ends_a_render_but_not_a_served_stream(tmp_path):

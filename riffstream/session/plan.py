@@ -32,6 +32,7 @@ class GenerationRequest:
     guidance: float | None = None
     negative_prompt: str | None = None
     clips_per_transition: int = DEFAULT_CLIPS_PER_TRANSITION
+    steer: str = "now"
     crossfade: float | None = None
     loudness: float | None = DEFAULT_LOUDNESS
     bpm: float | None = None
@@ -131,7 +132,7 @@ def plan_generation(request: GenerationRequest) -> GenerationPlan:
         init_image=None if tempo_locked else init_image_from_audio(request.init_audio, request.width),
         strength=DEFAULT_STRENGTH if request.strength is None else request.strength, bpm=request.bpm, loop=loop,
         timeline=timeline, continuation=request.continuation, duration=duration, save_spectrograms=spectrograms,
-        prebuffer=request.prebuffer, params=SpectrogramParams())
+        prebuffer=request.prebuffer, steer=request.steer, params=SpectrogramParams())
     if options.strength == 0 and options.init_image is None and not tempo_locked:
         raise RiffstreamError("--strength 0 plays the starting loop as it is: give --bpm or --init-audio")
     validate(options, request.width)

@@ -11,9 +11,11 @@
 * :mod:`~riffstream.stream.dispatcher`: plans clips, keeps a window in flight on the source,
   hands them on in order as :class:`ReadyClip` records.
 * :mod:`~riffstream.stream.consumer`: joins them into audio for the sinks and the ring
-  buffer, announcing each as a :class:`ClipEvent`; loops the last clip when live play runs dry.
-* :mod:`~riffstream.stream.ring`: the :class:`RingBuffer` the audio waits in, and
-  :class:`StreamEnds`, which gives the stream its exact length.
+  buffer, announcing each as a :class:`ClipEvent`; loops the last clip when live play runs dry,
+  and takes back audio not yet heard when a steer turns at once.
+* :mod:`~riffstream.stream.ring`: the :class:`RingBuffer` the audio waits in, the
+  :class:`CutPoint` where it can be cut, and :class:`StreamEnds`, which gives the stream its
+  exact length.
 * :mod:`~riffstream.stream.clocks`: what empties the ring at the pace it is heard, a
   :class:`Clock`: the sound card's :class:`Player` or a :class:`RealTimeClock`.
 * :mod:`~riffstream.stream.pipeline`: the :class:`Stream`, which wires them together, holds the
@@ -27,6 +29,7 @@ from riffstream.stream.dispatcher import ReadyClip
 from riffstream.stream.options import (
     DEFAULT_STRENGTH,
     EDGE_FADE,
+    STEER_MODES,
     StreamOptions,
     crossfade_seconds,
     refuse_remote_continuation,
@@ -34,7 +37,7 @@ from riffstream.stream.options import (
     validate,
 )
 from riffstream.stream.pipeline import Stream
-from riffstream.stream.ring import RingBuffer, StreamEnds
+from riffstream.stream.ring import CutPoint, CutRequest, RingBuffer, StreamEnds
 from riffstream.stream.sources import (
     ClipJob,
     ClipModel,
@@ -49,7 +52,8 @@ from riffstream.stream.sources import (
 from riffstream.stream.status import StreamStats, StreamStatus
 
 __all__ = [
-    "DEFAULT_STRENGTH", "EDGE_FADE", "LOW_WATER", "ClipEvent", "ClipJob", "ClipModel", "ClipSource", "Clock",
+    "DEFAULT_STRENGTH", "EDGE_FADE", "LOW_WATER", "STEER_MODES", "ClipEvent", "ClipJob", "ClipModel", "ClipSource",
+    "Clock", "CutPoint", "CutRequest",
     "LocalSource", "MadeClip", "Player", "ReadyClip", "RealTimeClock", "RingBuffer", "Stream", "StreamEnds",
     "StreamOptions", "StreamStats", "StreamStatus", "continuation_seed", "crossfade_seconds", "denoise_job",
     "keep_overlap", "negative_embedding", "refuse_remote_continuation", "tempi", "validate",

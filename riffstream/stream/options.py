@@ -25,6 +25,8 @@ from riffstream.timeline import Timeline
 if TYPE_CHECKING:
     from PIL import Image
 
+#: The ways to steer endless play: turn at once, or after the transition in progress.
+STEER_MODES = ("now", "smooth")
 #: Default img2img strength, as Riffusion's seed images used.
 DEFAULT_STRENGTH = 0.75
 #: Fade-in at the very start and fade-out at the very end, seconds: no click at either edge.
@@ -66,6 +68,9 @@ class StreamOptions:
     #: whole render (a minute at least) for a finite one. Less makes typed prompts heard sooner, more rides
     #: out a stall without looping the last clip.
     max_ahead: float | None = field(default=None, metadata=NOT_RECORDED)
+    #: How a steer is taken in endless play: "now" turns at once and takes back audio not yet heard;
+    #: "smooth" waits for the transition in progress, and what is made plays out (Riffusion's app).
+    steer: str = field(default="now", metadata=NOT_RECORDED)
     params: SpectrogramParams = field(default_factory=SpectrogramParams)
 
     @property
@@ -99,6 +104,8 @@ def validate(options: StreamOptions, clip_width: int) -> None:
         if getattr(options, name) is not None:
             check_number(getattr(options, name), name, limits)
     check_number(options.clips_per_transition, "clips per transition", checks.CLIPS_PER_TRANSITION)
+    if options.steer not in STEER_MODES:
+        raise RiffstreamError(f"--steer must be one of {', '.join(STEER_MODES)}, not {options.steer!r}")
     tempo_locked = options.tempo_locked
     if not (options.strength == 0 and (options.init_image is not None or tempo_locked)):
         check_number(options.strength, "strength", checks.STRENGTH)  # 0 with a starting image: no model

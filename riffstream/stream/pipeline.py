@@ -61,6 +61,9 @@ MAX_AHEAD = 600.0
 LIVE_AHEAD_CLIPS = 3
 #: Made clips waiting for the consumer.
 QUEUE_CLIPS = 2
+#: Endless live play records what is heard from the ring: room (seconds) for what was heard and is not yet
+#: taken, while the consumer is busy joining a clip.
+RECORD_ROOM = 10.0
 #: Clips that entered the live stream remembered, to tell which one is being heard.
 REMEMBERED_CLIPS = 64
 
@@ -112,23 +115,29 @@ class Stream:
         self.stop_event = threading.Event()
         self._messages: queue.Queue[str] = queue.Queue()
         self.steering = Steering(self.journey, options.steps or DEFAULT_STEPS, options.negative_prompt,
-                                 self.total_clips, self._messages.put)
+                                 self.total_clips, self._messages.put, options.steer)
         self.ring: RingBuffer | None = None
         self.clock: Clock | None = None
         self.clock_started = False
         if clock_factory is not None:
-            self.ring = RingBuffer(round(self._ring_seconds() * rate), params.channels)
+            ahead = round(self._ring_seconds() * rate)
+            # Endless live play can be steered, which takes back audio not yet heard: its sinks record what
+            # the clock takes from the ring. A render's sinks get every clip as it is joined.
+            records = options.duration is None
+            capacity = ahead + round(RECORD_ROOM * rate) if records else ahead
+            self.ring = RingBuffer(capacity, params.channels, ahead, records)
             self.clock = clock_factory(self.ring)
         ready: queue.Queue = queue.Queue(maxsize=QUEUE_CLIPS)
-        guidance = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
-        self.dispatcher = Dispatcher(self.source, options, self.steering, self.layout, guidance, self.overlap_columns,
-                                     self.total_clips, finished, self.stats, ready, self.stop_event)
         folder = SpectrogramFolder(options.save_spectrograms, params) if options.save_spectrograms else None
         self.consumer = Consumer(params, self.crossfade, options.loudness, self.layout, self.total_frames, sinks,
                                  self.ring, journal, len(finished), folder, self.stats, ready, self.stop_event,
                                  self._messages.put, lambda: self.clock_started)
+        guidance = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
+        self.dispatcher = Dispatcher(self.source, options, self.steering, self.layout, guidance, self.overlap_columns,
+                                     self.total_clips, finished, self.stats, ready, self.stop_event, self.consumer)
         self._entered: deque[ClipEvent] = deque(maxlen=REMEMBERED_CLIPS)
         self.subscribe(self._entered_live)
+        self.consumer.cut_subscribers.append(self._cut_live)
         self._error: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._guard, args=(self.dispatcher.run,), name="riffstream-dispatch", daemon=True),
@@ -212,19 +221,42 @@ class Stream:
             underruns=self.clock.underruns if self.clock is not None else 0, playing=self.clock_started,
             ahead_seconds=self.ahead_seconds(), heard=heard, behind=bool(entered and entered[-1].loop),
             queued=tuple(self.steering.queued(heard.index if heard is not None else None)),
-            settings=self.steering.settings(), first_prompt=self.options.prompts[0], first_seed=self.options.seed)
+            settings=self.steering.settings(), first_prompt=self.options.prompts[0], first_seed=self.options.seed,
+            heard_in=self.heard_in(), cuts=stats.cuts)
+
+    def subscribe_cuts(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(live_frame)`` when a steer takes back the live stream from that ring frame on (the
+        clips announced from there are not heard; in the consumer's thread: it must only hand off)."""
+        self.consumer.cut_subscribers.append(callback)
 
     def _entered_live(self, event: ClipEvent) -> None:
         self._entered.append(event)
         if not event.loop:
             self.steering.entered(event.clip)
 
+    def _cut_live(self, live_frame: int) -> None:
+        gone = [event for event in self._entered if event.live_frame >= live_frame]
+        for event in gone:
+            self._entered.remove(event)
+        if gone:
+            self.steering.taken_back(min(event.clip.index for event in gone))
+
+    def heard_in(self) -> float | None:
+        """Seconds until the first clip of the next prompt asked for is heard, once it is in the live stream."""
+        index = self.steering.first_entered()
+        if index is None or self.ring is None:
+            return None
+        starts = [event.live_frame for event in self._entered if event.clip.index == index and not event.loop]
+        if not starts:
+            return None
+        return max(0.0, (starts[-1] - self.ring.read) / self.params.sample_rate)
+
     def _heard(self) -> Clip | None:
         """The clip being heard: the newest to have begun by the clock (the first, before it starts)."""
         entered = list(self._entered)
         if not entered:
             return None
-        played = self.ring.written - self.ring.available if self.ring is not None else math.inf
+        played = self.ring.read if self.ring is not None else math.inf
         current = entered[0]
         for event in entered:
             if event.live_frame <= played:
@@ -240,7 +272,7 @@ class Stream:
     def ready_to_play(self) -> bool:
         """Whether playing can start now without the buffer running dry before the end."""
         ahead, stats = self.ahead_seconds(), self.stats
-        if stats.finished or (self.ring is not None and self.ring.available >= self.ring.capacity - 1):
+        if stats.finished or (self.ring is not None and self.ring.available >= self.ring.ahead - 1):
             return True
         if stats.clips == 0:
             return False
@@ -276,9 +308,9 @@ class Stream:
         for thread in reversed(self._threads):
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        self.consumer.close_writes()
         if self.clock is not None:
             self.clock.close()
+        self.consumer.close_writes()
         if self._owns_source:
             self.source.close(max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in self._threads)

@@ -1,13 +1,17 @@
-"""Where finished audio waits to be heard: the ring buffer, and the stream's exact ends.
+"""Where finished audio waits to be heard: the ring buffer, the stream's exact ends, and where it
+can be cut.
 
 The consumer thread writes the stream's audio into a :class:`RingBuffer`; a clock
-(:mod:`riffstream.stream.clocks`) takes it out at the pace it is heard.
+(:mod:`riffstream.stream.clocks`) takes it out at the pace it is heard. A steer that turns at
+once takes back audio not yet heard, at a :class:`CutPoint`, as a :class:`CutRequest` asks.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,6 +38,31 @@ def get_until(source: queue.Queue, stop: threading.Event):
         except queue.Empty:
             continue
     return None
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A place the live stream can be cut: the end of clip ``index``'s audio (or of a ``loop`` of it) at
+    ring frame ``frame``. ``number`` names it in a :class:`CutRequest`."""
+
+    number: int
+    index: int
+    frame: int
+    loop: bool = False
+
+
+@dataclass(frozen=True)
+class CutRequest:
+    """Drop every clip from ``first`` on that was planned before plan ``generation``; take the live stream
+    back to cut point ``point`` (None: take nothing back). With ``crop``, the clip (or loop) that followed
+    that point is joined again, cut to its first ``crop`` columns: a cut between clip boundaries."""
+
+    generation: int
+    first: int
+    point: int | None
+    crop: int | None = None
+    #: When the steer was taken (monotonic seconds), to measure how soon its first clip is ready.
+    asked_at: float = 0.0
 
 
 class StreamEnds:
@@ -96,13 +125,21 @@ class RingBuffer:
     The writer (consumer thread) blocks while it is full; the reader (the audio callback)
     never blocks, never allocates and takes no lock: each side only advances its own
     counter, after copying, so the other side always sees whole frames.
+
+    ``ahead`` (default: the capacity) is the most audio written ahead of the reader. The writer
+    may also keep what was read until it takes it with :meth:`take_played` (a recording of what
+    was heard): frames are never overwritten before that, so ``capacity`` must leave room for it.
+    The writer may take back audio not yet heard with :meth:`truncate`.
     """
 
-    def __init__(self, capacity: int, channels: int) -> None:
+    def __init__(self, capacity: int, channels: int, ahead: int | None = None, records: bool = False) -> None:
         self.capacity, self.channels = capacity, channels
+        self.ahead = capacity if ahead is None else min(ahead, capacity)
+        self.records = records
         self._data = np.zeros((capacity, channels), np.float32)
         self._written = 0
         self._read = 0
+        self._recorded = 0
         #: Set by the writer once the stream has ended: running empty is then no underrun.
         self.closed = False
 
@@ -116,12 +153,27 @@ class RingBuffer:
         """Frames written since the start."""
         return self._written
 
-    def write(self, frames: np.ndarray, stop: threading.Event) -> bool:
-        """Append (n, channels) frames, waiting for room; False if ``stop`` was set first."""
+    @property
+    def read(self) -> int:
+        """Frames read (heard) since the start."""
+        return self._read
+
+    def _room(self) -> int:
+        room = self.ahead - self.available
+        if self.records:
+            room = min(room, self.capacity - (self._written - self._recorded))
+        return max(room, 0)
+
+    def write(self, frames: np.ndarray, stop: threading.Event,
+              while_waiting: Callable[[], bool] | None = None) -> bool:
+        """Append (n, channels) frames, waiting for room; False if ``stop`` was set first, or if
+        ``while_waiting()``, called as it waits, says to give up (the rest is then not written)."""
         done = 0
         while done < len(frames):
-            room = self.capacity - self.available
+            room = self._room()
             if room == 0:
+                if while_waiting is not None and while_waiting():
+                    return False
                 if stop.wait(POLL):
                     return False
                 continue
@@ -131,6 +183,20 @@ class RingBuffer:
             self._written += n
             done += n
         return True
+
+    def truncate(self, frame: int) -> None:
+        """Take back the audio written from ``frame`` on (the writer's thread; it must lie ahead of the reader
+        by more than one of its reads, which the caller keeps)."""
+        if not self._read <= frame <= self._written:
+            raise ValueError(f"cannot cut the ring at frame {frame}: {self._read} read, {self._written} written")
+        self._written = frame
+
+    def take_played(self) -> np.ndarray:
+        """The frames read since the last call, (n, channels) (the writer's thread, with ``records``)."""
+        end = self._read
+        indices = np.arange(self._recorded, end) % self.capacity
+        self._recorded = end
+        return self._data[indices]
 
     def read_into(self, out: np.ndarray) -> int:
         """Copy up to ``len(out)`` frames into ``out``; returns how many (never waits)."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from riffstream.planner import Clip, blend_embedding, lerp, slerp
+from riffstream.planner import Clip, blend_embedding, clip_noise, lerp
 from riffstream.stream.ring import get_until, put_until
 from riffstream.tempo import Slot
 
@@ -124,8 +124,7 @@ def denoise_job(model: ClipModel, job: ClipJob, encoded: dict | None = None,
     clip = job.clip
     embeds = lerp(blend_embedding(model.encode_prompt, clip.prompt_a),
                   blend_embedding(model.encode_prompt, clip.prompt_b), clip.alpha)
-    noise = slerp(noise_for_seed(clip.seed_a, model.latents_shape), noise_for_seed(clip.seed_b, model.latents_shape),
-                  clip.alpha)
+    noise = clip_noise(clip, lambda seed: noise_for_seed(seed, model.latents_shape))
     init_latents = None
     if job.continue_overlap and job.previous_latents is not None:
         init_latents = continuation_seed(job.previous_latents, job.continue_overlap, model.vae_scale_factor)

@@ -26,6 +26,14 @@ class StreamStats:
     denoise_span: tuple[float, float] | None = None
     decode_seconds: float = 0.0
     loops: int = 0
+    #: What the last clip took: the model (denoising and decoding), and the audio stage (reconstructing and
+    #: joining it); a steer keeps enough audio to cover both.
+    last_model_seconds: float = 0.0
+    last_audio_seconds: float = 0.0
+    #: Times the live stream was cut short to turn to a prompt at once, and the seconds the last such steer
+    #: took from the cut to its first clip joined (None before one): what the next steer must cover.
+    cuts: int = 0
+    last_steer_seconds: float | None = None
     #: Clips live play could not wait to polish: held to the base Griffin-Lim iterations (see Consumer.can_polish).
     unpolished: int = 0
     finished: bool = False
@@ -74,3 +82,5 @@ class StreamStatus:
     settings: dict  #: what the clips planned from now on use
     first_prompt: str  #: what plays first (before any clip is heard)
     first_seed: int
+    heard_in: float | None = None  #: seconds until the next prompt asked for is heard, once it is in the live stream
+    cuts: int = 0  #: times a steer took back audio not yet heard

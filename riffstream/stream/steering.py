@@ -4,6 +4,12 @@ Any thread (the terminal's tick, the server's event loop) asks through :class:`S
 dispatcher's thread hands what was asked to the :class:`~riffstream.planner.Journey` just before
 it plans the next clip. A prompt is *queued* from the moment it is asked for until the first clip
 carrying it is heard, so the terminal and the server tell the same story.
+
+Two ways to steer (``--steer``). ``now`` (the default) turns at once: the path runs from the point
+of the clip before the first one not yet heard (or made) towards the new prompt or seed, and the
+dispatcher takes back audio not yet heard beyond what covers the making of the next clip. ``smooth``
+is Riffusion's app: a new prompt waits for the transition in progress to end, and what is made
+plays out.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
 from riffstream.planner import Clip, Journey, parse_blend
+from riffstream.stream.options import STEER_MODES
 
 #: Prompts remembered until heard: more than anyone queues in the time a few clips take to be heard.
 REMEMBERED_PROMPTS = 8
@@ -29,8 +36,11 @@ class Steering:
     """
 
     def __init__(self, journey: Journey, steps: int, negative_prompt: str | None, total_clips: int | None,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], mode: str = "now") -> None:
+        if mode not in STEER_MODES:
+            raise RiffstreamError(f"steer must be one of {', '.join(STEER_MODES)}, not {mode!r}")
         self.journey = journey
+        self.mode = mode
         self.steps, self.negative_prompt = steps, negative_prompt
         self.total_clips = total_clips
         self.say = say
@@ -61,8 +71,8 @@ class Steering:
         """Change settings for the clips planned from now on; returns the settings in force. A value that
         cannot be used is a one-line RiffstreamError and changes nothing.
 
-        None leaves a setting as it is; an empty ``negative_prompt`` clears it. The seed walks on
-        from the next waypoint, so a transition in progress ends as planned.
+        None leaves a setting as it is; an empty ``negative_prompt`` clears it. A new seed turns the
+        path at once (``now``), or walks on from the next waypoint (``smooth``).
         """
         if seed is not None:
             check_number(seed, "seed", checks.SEED)
@@ -106,11 +116,28 @@ class Steering:
         """Whether a prompt or change waits to be applied (clips planned but not started are then planned again)."""
         return bool(self._prompts or self._changes)
 
-    def apply(self, index: int) -> None:
-        """Hand queued prompts and changes to the journey before clip ``index`` is planned."""
+    def turns_now(self) -> bool:
+        """Whether what waits turns the path at once: a prompt or a seed, steered ``now``."""
+        with self._lock:
+            return self.mode == "now" and bool(self._prompts or any("seed" in change for change in self._changes))
+
+    def apply(self, index: int, origin: Clip | None = None) -> None:
+        """Hand queued prompts and changes to the journey before clip ``index`` is planned; ``origin``, the clip
+        before it, is where a ``now`` steer turns from (None: nothing planned, so a prompt is queued)."""
         with self._lock:
             prompts, self._prompts = list(self._prompts), deque()
             changes, self._changes = list(self._changes), deque()
+        for change in changes:
+            if "clips_per_transition" in change:
+                self.journey.set_clips_per_transition(change["clips_per_transition"], index)
+            if "steps" in change:
+                self.steps = change["steps"]
+            if "negative_prompt" in change:
+                self.negative_prompt = change["negative_prompt"]
+        seeds = [change["seed"] for change in changes if "seed" in change]
+        if self.mode == "now" and origin is not None and (prompts or seeds):
+            self._turn(index, origin, prompts[-1] if prompts else None, seeds[-1] if seeds else None)
+            return
         for prompt in prompts:
             leaving = self.journey.queue_drops_plan(index)
             try:
@@ -118,17 +145,33 @@ class Steering:
                 self.say(f"queued a transition to {prompt!r}" + ("; the rest of the timeline is dropped" if leaving else ""))
             except RiffstreamError as error:
                 self.say(f"ignored {prompt!r}: {error}")
-        for change in changes:
-            if "seed" in change:
-                self.journey.set_seed(change["seed"], index)
-            if "clips_per_transition" in change:
-                self.journey.set_clips_per_transition(change["clips_per_transition"], index)
-            if "steps" in change:
-                self.steps = change["steps"]
-            if "negative_prompt" in change:
-                self.negative_prompt = change["negative_prompt"]
+        for seed in seeds:
+            self.journey.set_seed(seed, index)
+
+    def _turn(self, index: int, origin: Clip, prompt: str | None, seed: int | None) -> None:
+        leaving = prompt is not None and self.journey.queue_drops_plan(index)
+        try:
+            self.journey.turn(index, origin, prompt, seed)
+        except RiffstreamError as error:
+            self.say(f"ignored {prompt or seed!r}: {error}")
+            return
+        if prompt is not None:
+            self.say(f"turning to {prompt!r} now" + ("; the rest of the timeline is dropped" if leaving else ""))
+
+    def first_entered(self) -> int | None:
+        """The first clip carrying the earliest prompt asked for and not yet heard, once it has entered the live
+        stream (None: it has not, or nothing waits)."""
+        with self._lock:
+            return next((index for _, index in self._asked), None) if self._asked else None
 
     # ------------------------------------------------------------------ the consumer's thread
+
+    def taken_back(self, index: int) -> None:
+        """Clips from ``index`` on left the live stream (a steer took them back): prompts they carried wait again."""
+        with self._lock:
+            for asked in self._asked:
+                if asked[1] is not None and asked[1] >= index:
+                    asked[1] = None
 
     def entered(self, clip: Clip) -> None:
         """Clip ``clip`` has entered the live stream: it is the first heard of a prompt asked for that it turns to."""
