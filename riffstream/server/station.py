@@ -86,6 +86,7 @@ class Station:
             self._wakers[name] = asyncio.Event()
             encoded.on_append.append(lambda name=name: self._call(self._wake, name))
         self.stream.subscribe(lambda event: self._call(self._on_clip, event))
+        self.stream.subscribe_cuts(lambda live_frame: self._call(self._on_cut, live_frame))
         self.stream.start()
         self._tasks.append(asyncio.create_task(self._tick()))
         if self.options.icecast is not None:
@@ -169,6 +170,13 @@ class Station:
         self.recent.append(record)
         self._publish("clip", record)
 
+    def _on_cut(self, live_frame: int) -> None:
+        """A steer took back the stream from ``live_frame`` on: the clips announced from there are not heard."""
+        start = round(self.clock.stream_frame(live_frame) / self.clock.sample_rate, 3)
+        for record in [record for record in self.recent if record["start"] >= start]:
+            self.recent.remove(record)
+        self._publish("cut", {"start": start})
+
     def _publish(self, name: str | None, data: dict | None) -> None:
         for queue in list(self._subscribers):
             try:
@@ -193,6 +201,8 @@ class Station:
             "seed_a": heard.seed_a if heard else now.first_seed,
             "seed_b": heard.seed_b if heard else now.first_seed,
             "queued": list(now.queued),
+            "heard_in_s": None if now.heard_in is None else round(now.heard_in, 2),
+            "steer": self.stream.options.steer,
             "ahead_s": round(now.ahead_seconds, 2),
             "real_time_factor": round(now.real_time_factor, 3),
             "made_seconds": round(now.made_seconds, 3),

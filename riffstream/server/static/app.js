@@ -108,7 +108,8 @@
       const queued = data && data.queued ? data.queued : text;
       state.pending.push({ text: queued, at: performance.now() });
       input.value = "";
-      setMessage(`Queued: ${queued}`);
+      const now = state.status && state.status.steer === "now";
+      setMessage(now ? `Queued: ${queued} (turning now: heard in a few seconds)` : `Queued: ${queued}`);
       renderQueue();
     } catch (error) {
       setMessage(error.message, true);
@@ -320,6 +321,7 @@
     });
     events.addEventListener("status", (event) => onStatus(JSON.parse(event.data)));
     events.addEventListener("clip", (event) => onClip(JSON.parse(event.data)));
+    events.addEventListener("cut", (event) => onCut(JSON.parse(event.data)));
     events.addEventListener("listener", (event) => {
       const data = JSON.parse(event.data);
       if (data.id === listenerId && state.wantPlay) state.listenerStart = data.start;
@@ -370,6 +372,13 @@
     loadImage(record.png);
     state.pending = state.pending.filter((p) => p.text !== record.prompt_b);
     pruneSegments();
+  }
+
+  // A steer took back the stream from `start` on: the clips made for it there are not heard.
+  function onCut(data) {
+    for (const [key, segment] of state.segments) {
+      if (segment.start >= data.start - 1e-3) state.segments.delete(key);
+    }
   }
 
   function pruneSegments() {
@@ -664,14 +673,17 @@
       seen.add(target);
     }
     const queued = status ? status.queued : [];
+    const waiting = status && status.steer === "now" ? "turning now" : "queued";
     for (const text of queued) {
-      items.push({ text, when: "queued" });
+      if (seen.has(text)) continue;
+      const soon = items.length === 0 && status.heard_in_s !== null && status.heard_in_s !== undefined;
+      items.push({ text, when: soon ? `in ${Math.max(1, Math.round(status.heard_in_s))} s` : waiting });
       seen.add(text);
     }
     const now = performance.now();
     state.pending = state.pending.filter((p) => now - p.at < 30000);
     for (const p of state.pending) {
-      if (!seen.has(p.text)) items.push({ text: p.text, when: "queued" });
+      if (!seen.has(p.text)) items.push({ text: p.text, when: waiting });
     }
 
     const list = $("queue");
