@@ -155,6 +155,8 @@ class Terminal:
                 info.append(f"{status.ahead_seconds:.1f} s ahead" if status.playing else "buffering")
                 if status.underruns:
                     info.append(f"{status.underruns} underruns")
+                if status.queued and status.heard_in is not None:
+                    info.append(f"next prompt heard in {status.heard_in:.0f} s")
             typing = prompts.pending if prompts is not None else ""
             now = time.monotonic()
             if bar.n != status.clips or now - shown[0] >= 1.0 or typing != shown[1]:

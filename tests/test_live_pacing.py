@@ -106,15 +106,16 @@ def test_endless_play_loops_the_last_clip_while_the_model_is_slower_than_real_ti
     assert "looped the last clip " in summary[0], summary
     assert short_reads == 0, f"the ring buffer ran dry {short_reads:g} times, first at {first_short / RATE:.2f} s"
 
-    # The file holds the generated clips only, none of the live repeats.
+    # The file holds what the sound card played, the repeats included (an endless live session's
+    # recording is what was heard), up to its closing fade.
     clips = len(clip_records(spec))
     assert clips == len(pngs)
     audio, rate = soundfile.read(out, dtype="float32")
     assert rate == RATE
-    assert audio.shape == (clips * (CLIP - CROSSFADE) + CROSSFADE,)
-    assert audio.size < frames - 2 * RATE
-    # Until the first repeat, what played is what was written (the recording is the real audio).
-    np.testing.assert_allclose(live[: CLIP - CROSSFADE - 441], audio[: CLIP - CROSSFADE - 441], atol=1.5 / 32768)
+    assert audio.size > (clips * (CLIP - CROSSFADE) + CROSSFADE) and abs(audio.size - frames) < RATE // 2, (
+        audio.size, frames)
+    heard = min(audio.size, frames) - 441
+    np.testing.assert_allclose(live[:heard], audio[:heard], atol=1.5 / 32768)
 
     # And the repeats and the clips that ended them joined without a click, gap or dip.
     edge = 2048  # the stream's fade-in and the filter's own edges

@@ -217,7 +217,8 @@ class Dispatcher:
 
         The audio kept covers the next clip's making from the moment being heard. Where that ends inside a
         clip that is not heard yet (and that can be joined again before it is), that clip is cut short there;
-        under a tempo lock clips keep their bars, so the cut waits for the next clip's start."""
+        under a tempo lock (whole bars) or continuation (the next clip starts from its end) the cut waits for
+        the next clip's start."""
         stats, params = self.stats, self.options.params
         rate, hop = params.sample_rate, params.hop_length
         making = stats.last_steer_seconds or stats.last_model_seconds + stats.last_audio_seconds
@@ -227,7 +228,8 @@ class Dispatcher:
         points = self.live.cut_points()
         if points and points[0].frame >= needed:
             return points[0].index + 1, points[0].number, None
-        can_crop = not self.options.tempo_locked
+        # A tempo lock keeps whole bars; a continued clip starts from where the clip before it ends.
+        can_crop = not self.options.tempo_locked and not self.options.continuation
         shortest = self.overlap_columns + MIN_CROP_COLUMNS
 
         def columns_to(start: int, advance: int) -> int | None:

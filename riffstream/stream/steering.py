@@ -117,9 +117,11 @@ class Steering:
         return bool(self._prompts or self._changes)
 
     def turns_now(self) -> bool:
-        """Whether what waits turns the path at once: a prompt or a seed, steered ``now``."""
+        """Whether what waits turns the path at once: a prompt or a seed, steered ``now`` in endless play (a
+        finite render's journey is fixed)."""
         with self._lock:
-            return self.mode == "now" and bool(self._prompts or any("seed" in change for change in self._changes))
+            return (self.mode == "now" and self.total_clips is None
+                    and bool(self._prompts or any("seed" in change for change in self._changes)))
 
     def apply(self, index: int, origin: Clip | None = None) -> None:
         """Hand queued prompts and changes to the journey before clip ``index`` is planned; ``origin``, the clip
