@@ -115,6 +115,7 @@ class Consumer:
         self._points: tuple[CutPoint, ...] = ()
         self._numbers = 0
         self._crop_next: tuple[int, int] | None = None  # (clip, columns): cut short when it is joined
+        self._joining: int | None = None  # the clip being joined and fed to the ring
 
     # ------------------------------------------------------------------ the dispatcher's thread
 
@@ -173,7 +174,7 @@ class Consumer:
                 overlap = self.clip_width - ready.slot.advance
                 polish = self.can_polish()
                 self.stats.unpolished += not polish
-                image = ready.image
+                image, self._joining = ready.image, ready.clip.index
                 if self._crop_next is not None and self._crop_next[0] == ready.clip.index:
                     image, self._crop_next = _cropped(image, self._crop_next[1] + overlap), None
                 audio = self._clips.add(image, overlap, polish)
@@ -189,8 +190,10 @@ class Consumer:
                 self.stats.arrived(made / rate)
                 if self.stats.first_audio is None:
                     self.stats.first_audio = time.monotonic() - self.stats.started
-                self._announce(ready.clip, ready.image, audio.shape[1], model_seconds=ready.model_seconds)
-                if self._live is not None and not self._feed_live(audio, ready.clip.index):
+                self._announce(ready.clip, image, audio.shape[1], model_seconds=ready.model_seconds)
+                fed = self._live is None or self._feed_live(audio, ready.clip.index)
+                self._joining = None
+                if not fed:
                     if self.stop.is_set():
                         break
                     continue
@@ -269,7 +272,7 @@ class Consumer:
                 newest = self._joined[-1].point if self._joined else None
                 if newest is not None and newest.index == request.first - 1 and not newest.loop:
                     took |= len(self._joined) > 1 and self._go_back(self._joined[-2].point.number, request.crop)
-                else:
+                elif self._joining != request.first - 1:  # (one being joined now is kept whole)
                     self._crop_next = (request.first - 1, request.crop)
         return took
 
