@@ -205,10 +205,12 @@ def _steer_live(model, mode: str, out=None, clips_before: int = 4) -> dict:
 def test_a_steer_is_heard_within_a_clip_s_making_and_joins_on_with_no_gap_or_level_jump(model, tmp_path):
     run = _steer_live(model, "now", out=tmp_path / "live.wav")
     stream, heard, seam = run["stream"], run["heard"], run["seam"]
-    # Heard once the new clip could be made (the policy's cover, a little of the machine's noise), with no
-    # underrun, and sooner than the audio the ring held (a full look-ahead would have made it wait).
+    # Heard once the new clip could be made (the policy's cover; at worst the next clip boundary after it,
+    # where the clip it falls in cannot be joined again in time; and a little of the machine's noise), with
+    # no underrun, and sooner than the audio the ring held (a full look-ahead would have made it wait).
+    advance = (WIDTH - stream.overlap_columns) / 100
     assert stream.stats.cuts >= 1 and stream.clock.underruns == 0
-    assert run["after"] <= run["making"] * 1.15 + 0.5 + 1.0, run
+    assert run["after"] <= run["making"] * 1.15 + 0.5 + advance + 0.5, run
     assert run["after"] < stream.ring.ahead / RATE
     assert any(line.startswith("turning to 'smooth jazz' now") for line in run["messages"])
 

@@ -107,7 +107,7 @@ class Consumer:
         self.cut_subscribers: list[Callable[[int], None]] = []
         self._write_lock = threading.Lock()
         self._writes_closed = False
-        self._heard_tail = np.zeros((params.channels, 0), np.float32)  # heard, held back for the closing fade
+        self._recorder = HeardRecorder(ring, self._write, self.edge_frames) if self.records_heard else None
         self._cut_lock = threading.Lock()
         self._cut_requests: deque[CutRequest] = deque()
         self._cuts: list[CutRequest] = []  # taken, newest last: what they drop
@@ -169,6 +169,8 @@ class Consumer:
                 self._take_cuts()
                 if self._dropped(ready):
                     continue
+                if self.records_heard:
+                    self._skip_repeats()
                 began = time.monotonic()
                 self._keep(ready)
                 overlap = self.clip_width - ready.slot.advance
@@ -276,7 +278,21 @@ class Consumer:
                     self._crop_next = (request.first - 1, request.crop)
         return took
 
-    def _go_back(self, number: int, crop: int | None = None) -> bool:
+    def _skip_repeats(self) -> None:
+        """A clip is ready while repeats of the last one wait in the ring (the model fell behind): take back
+        those not needed to cover its joining, so that it is heard as soon as it can be."""
+        rate = self.params.sample_rate
+        needed = self.ring.read + (self.stats.last_audio_seconds * 1.25 + CUT_GUARD + LOW_WATER / 2) * rate
+        joined = list(self._joined)
+        back = None
+        for earlier, later in reversed(list(zip(joined, joined[1:]))):
+            if not later.point.loop or earlier.point.frame < needed:
+                break
+            back = earlier
+        if back is not None:
+            self._go_back(back.point.number, steer=False)
+
+    def _go_back(self, number: int, crop: int | None = None, steer: bool = True) -> bool:
         """Take the live stream back to cut point ``number`` (or the first later one the reader has not
         come too near); the joiner continues from its state there, after joining again the first ``crop``
         columns of what followed it, if asked. True if audio was taken back."""
@@ -292,7 +308,7 @@ class Consumer:
         self._clips = self._live_clips = copy.deepcopy(back.stitcher)
         self._live = copy.deepcopy(back.ends)
         self._last, self._last_overlap = back.last, back.overlap
-        self.stats.cuts += 1
+        self.stats.cuts += steer
         self._publish_points()
         for callback in self.cut_subscribers:
             callback(back.point.frame)
@@ -327,27 +343,16 @@ class Consumer:
     # ------------------------------------------------------------------ the sinks
 
     def _record(self) -> None:
-        """Hand the sinks what the clock has taken from the ring since last time (endless live play),
-        holding back the last few milliseconds for the fade that ends the file."""
-        if not self.records_heard:
-            return
-        with self._write_lock:
-            heard = np.concatenate([self._heard_tail, self.ring.take_played().T], axis=1)
-            split = max(0, heard.shape[1] - self.edge_frames)
-            self._heard_tail = heard[:, split:]
-            if not self._writes_closed and split:
-                for sink in self.sinks:
-                    sink.write(heard[:, :split])
+        """Hand the sinks what the clock has taken from the ring since last time (endless live play)."""
+        if self._recorder is not None:
+            self._recorder.take()
 
     def close_writes(self) -> None:
         """Write nothing more to the sinks from now on (the file may be closed once this returns). A
         recording of what was heard gets the last of it first, faded out."""
-        self._record()
+        if self._recorder is not None:
+            self._recorder.finish()
         with self._write_lock:
-            if self.records_heard and not self._writes_closed and self._heard_tail.shape[1]:
-                tail = self._heard_tail * np.linspace(1.0, 0.0, self._heard_tail.shape[1], dtype=np.float32)
-                for sink in self.sinks:
-                    sink.write(tail)
             self._writes_closed = True
 
     def _write(self, audio: np.ndarray) -> None:
@@ -374,6 +379,33 @@ class Consumer:
             return pending and self._take_cuts()
 
         return self.ring.write(np.ascontiguousarray(audio.T), self.stop, wait)
+
+
+class HeardRecorder:
+    """Hands the sinks what the clock took from the ring (endless live play: what was heard), holding
+    back the last few milliseconds for the fade that ends the file. Any thread may call it."""
+
+    def __init__(self, ring: RingBuffer, write: Callable[[np.ndarray], None], edge_frames: int) -> None:
+        self.ring, self.write, self.edge_frames = ring, write, edge_frames
+        self._lock = threading.Lock()
+        self._tail = np.zeros((ring.channels, 0), np.float32)
+
+    def take(self) -> None:
+        """Write what was heard since the last call, but its last ``edge_frames``."""
+        with self._lock:
+            heard = np.concatenate([self._tail, self.ring.take_played().T], axis=1)
+            split = max(0, heard.shape[1] - self.edge_frames)
+            self._tail = heard[:, split:]
+            if split:
+                self.write(heard[:, :split])
+
+    def finish(self) -> None:
+        """Write the rest of what was heard, fading out over its end."""
+        self.take()
+        with self._lock:
+            tail, self._tail = self._tail, self._tail[:, :0]
+            if tail.shape[1]:
+                self.write(tail * np.linspace(1.0, 0.0, tail.shape[1], dtype=np.float32))
 
 
 def _cropped(image: Image.Image, columns: int) -> Image.Image:
