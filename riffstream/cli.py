@@ -245,6 +245,16 @@ def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
     gen.add_argument("--init-audio", metavar="FILE",
                      help="start every clip from this audio loop's spectrogram (img2img), to keep its sound; with "
                           "--bpm, the loop (whole bars from a downbeat) replaces the drums")
+    gen.add_argument("--init-midi", metavar="FILE",
+                     help="start each clip from this MIDI file, rendered with FluidSynth, over the stream time the "
+                          "clip covers; its tempo map sets the beat grid (no --bpm). A render without --duration "
+                          "ends where it does")
+    gen.add_argument("--soundfont", metavar="FILE.sf2",
+                     help="the SoundFont --init-midi plays with (default: $RIFFSTREAM_SOUNDFONT, else the system's "
+                          "General MIDI one)")
+    gen.add_argument("--midi-out", metavar="FILE.mid",
+                     help="also write the notes of the stream to FILE.mid, transcribed with Basic Pitch, placed at "
+                          "stream time with the grid's tempo; written as the audio is")
     gen.add_argument("--continuation", action="store_true",
                      help="start every clip from the end of the previous one (img2img), for continuity")
     gen.add_argument("--strength", type=option_type(Limits(0, 1)), metavar="S",
