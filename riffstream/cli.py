@@ -36,7 +36,7 @@ from riffstream.tempo import BPM
 from riffstream.server.icecast import IcecastTarget, parse_icecast_url
 from riffstream.session import GenerationPlan, GenerationRequest, ServeRequest, generate, serve
 from riffstream.session import plan_generation as plan_request
-from riffstream.session.convert import audio_to_png, images_to_audio, prepare_model
+from riffstream.session.convert import audio_to_midi, audio_to_png, images_to_audio, prepare_model
 from riffstream.sinks import list_devices
 from riffstream.stream import DEFAULT_STRENGTH
 from riffstream.terminal import Terminal, say
@@ -56,6 +56,10 @@ def _image_to_audio(args: argparse.Namespace) -> None:
 
 def _audio_to_image(args: argparse.Namespace) -> None:
     print(audio_to_png(args.audio, args.output, args.stereo))
+
+
+def _audio_to_midi(args: argparse.Namespace) -> None:
+    print(audio_to_midi(args.audio, args.output))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +112,13 @@ def _subcommand_parser() -> argparse.ArgumentParser:
     to_image.add_argument("output", help="image to write (.png); a longer clip makes a wider image")
     to_image.add_argument("--stereo", action="store_true", help="keep two channels (G and B)")
     to_image.set_defaults(run=_audio_to_image)
+    to_midi = commands.add_parser(
+        "audio-to-midi", help="take the notes of audio into a MIDI file",
+        description="Transcribe the notes of an audio file with Spotify's Basic Pitch model (on OpenVINO) into a "
+                    "Standard MIDI File, for a DAW.")
+    to_midi.add_argument("audio", help="audio file (WAV, FLAC, OGG, MP3, ...)")
+    to_midi.add_argument("output", help="MIDI file to write (.mid)")
+    to_midi.set_defaults(run=_audio_to_midi)
     download = commands.add_parser(
         "download", help="fetch and export a model ahead of time, to play offline later",
         description="Fetch a model from the Hugging Face Hub (only the files the pipeline runs, into the Hugging "
@@ -124,7 +135,7 @@ def _subcommand_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS = ("image-to-audio", "audio-to-image", "download")
+SUBCOMMANDS = ("image-to-audio", "audio-to-image", "audio-to-midi", "download")
 
 
 GENERATE_EPILOG = """examples:

@@ -190,7 +190,11 @@ def midi_bytes(notes: Sequence[Note], tempo: TempoMap | None = None) -> bytes:
     mido = _midi_module()
     tempo = tempo or TempoMap(((0.0, 120.0),))
     midi = mido.MidiFile(type=1, ticks_per_beat=TICKS_PER_BEAT)
-    meta = [(tempo_ticks(tempo, start), mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm or 120.0)))
+    held = [(0.0, 120.0)]  # a stretch with no tempo holds the one before (120 BPM at first)
+    for start, bpm in tempo.changes:
+        held = [c for c in held if c[0] < start] + [(start, bpm or held[-1][1])]
+    tempo = TempoMap(tuple(held))
+    meta = [(tempo_ticks(tempo, start), mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm)))
             for start, bpm in tempo.changes]
     parts = [("riffstream", False, 0), ("riffstream drums", True, 9)]
     tracks = [("tempo", meta)]

@@ -23,6 +23,7 @@ from riffstream.timeline import Timeline, read_timeline
 
 if TYPE_CHECKING:
     from riffstream.session.plan import GenerationRequest
+    from riffstream.stream import StreamOptions
 
 
 def timeline_with_defaults(request: GenerationRequest) -> Timeline:
@@ -108,9 +109,8 @@ def midi_track(init_midi: str | None, soundfont: str | None, timeline: Timeline 
         pieces.append((round(start * rate), audio))
         tempo = [change for change in tempo if change[0] < start]
         tempo += [(start + at, bpm) for at, bpm in score.tempo.changes if start + at < stop]
-        if stop < until:
-            later = [(at, bpm) for at, bpm in own if stop < at < until]
-            tempo += [(stop, timeline.bpm_at(stop) if timeline else None)] + later
+        if stop < until and timeline is not None:  # the timeline's tempo again; without one the last tempo holds
+            tempo += [(stop, timeline.bpm_at(stop))] + [(at, bpm) for at, bpm in own if stop < at < until]
         end = max(end, stop)
     before = [(at, bpm) for at, bpm in own if at < placed[0][0]]
     changes = [c for n, c in enumerate(before + tempo) if n == 0 or c[1] != (before + tempo)[n - 1][1]]
@@ -118,3 +118,14 @@ def midi_track(init_midi: str | None, soundfont: str | None, timeline: Timeline 
     for offset, audio in pieces:
         track[offset : offset + len(audio)] = audio
     return MidiTrack(track, TempoMap(tuple(changes)), end)
+
+
+def stream_tempo(options: StreamOptions) -> TempoMap | None:
+    """The tempo a stream's notes are written on: its MIDI files' tempo map, else its timeline's tempi at their
+    entries' times, else ``--bpm``; None without a tempo lock."""
+    if options.tempo_map is not None:
+        return options.tempo_map
+    if options.timeline is not None and options.timeline.uses_bpm:
+        timeline = options.timeline
+        return TempoMap(((0.0, timeline.bpm_at(0.0)),) + tuple((e.time, e.bpm) for e in timeline.entries[1:] if e.bpm))
+    return TempoMap(((0.0, options.bpm),)) if options.bpm is not None else None

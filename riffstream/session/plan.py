@@ -14,9 +14,11 @@ from riffstream.model.options import DEFAULT_MODEL, PRESETS, TINY_MODEL, LoraSpe
 from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, parse_duration, parse_prompts
 from riffstream.session.inputs import init_image_from_audio, midi_track, read_loop, timeline_with_defaults
 from riffstream.sinks import check_folder_writable, check_output_device, check_writable, file_format
+from riffstream.sinks.midi import check_midi_out
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_LOUDNESS
 from riffstream.stream import DEFAULT_STRENGTH, StreamOptions, validate
+from riffstream.transcribe import basic_pitch_model
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -150,6 +152,9 @@ def plan_generation(request: GenerationRequest) -> GenerationPlan:
         check_writable(request.out)
     if spectrograms is not None:
         check_folder_writable(spectrograms)
+    if request.midi_out is not None:
+        check_midi_out(request.midi_out)
+        basic_pitch_model()
     return GenerationPlan(request, options, model, fallback,
                           check_output_device(request.output_device) if play else None, preset.name)
 
