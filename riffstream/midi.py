@@ -99,7 +99,7 @@ def read_midi(path: str | os.PathLike[str]) -> Score:
     for event in events:
         now += event.time
         if event.type == "set_tempo":
-            bpm = 60_000_000 / event.tempo
+            bpm = round(60_000_000 / event.tempo, 3)  # 666667 us a beat is 90 BPM, not 89.99995
             try:
                 check_bpm(bpm, f"{path}: the tempo at {now:.2f} s")
             except RiffstreamError:
