@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 from riffstream import cli
 from riffstream.errors import RiffstreamError
 from tests.fuzzing import examples
+from tests.midifiles import piano_piece, write_midi
 
+SOUNDFONT = "/usr/share/sounds/sf2/default-GM.sf2"
 PLAN_EXAMPLES = examples(400)
 RUN_EXAMPLES = examples(30)
 CONVERT_EXAMPLES = examples(40)
@@ -62,7 +64,11 @@ def places(tmp_path_factory) -> dict[str, Path]:
     text = root / "notes.wav"
     text.write_text("not audio")
     (root / "out").mkdir()
-    return {"root": root, "loop": loop, "silent": silent, "empty": empty, "text": text, "out": root / "out"}
+    midi = {"midi": piano_piece(root / "piano.mid", bars=2), "no_notes": write_midi(root / "rests.mid", [(0, 0, [])]),
+            "slow_midi": write_midi(root / "slow.mid", [(0, 0, [(0, 1, 60, 90)])], ((0, 12.0),))}
+    (root / "cut.mid").write_bytes(midi["midi"].read_bytes()[:50])
+    return {"root": root, "loop": loop, "silent": silent, "empty": empty, "text": text, "out": root / "out",
+            "cut_midi": root / "cut.mid", **midi}
 
 
 def _paths(places: dict[str, Path], kind: str) -> st.SearchStrategy[str]:
@@ -73,6 +79,10 @@ def _paths(places: dict[str, Path], kind: str) -> st.SearchStrategy[str]:
         return st.sampled_from(common + [str(out / f"a{ext}") for ext in (".wav", ".flac", ".ogg", ".mp3", ".WAV")])
     if kind == "audio":
         return st.sampled_from(common + [str(places[k]) for k in ("loop", "silent", "empty")])
+    if kind == "midi":
+        return st.sampled_from(common + [str(places[k]) for k in ("midi", "no_notes", "slow_midi", "cut_midi", "loop")])
+    if kind == "midi_out":
+        return st.sampled_from(common + [str(out / "n.mid"), str(out / "n.MIDI"), str(out / "n.wav")])
     return st.sampled_from(common + [str(out / "spectrograms"), str(out / "deep" / "er")])
 
 
@@ -97,6 +107,12 @@ def generation_commands(draw, places: dict[str, Path]) -> list[str]:
         argv += ["--save-spectrograms", draw(_paths(places, "folder"))]
     if draw(st.booleans()):
         argv += ["--continuation"]
+    if draw(st.booleans()):
+        argv += ["--init-midi", draw(_paths(places, "midi"))]
+    if draw(st.booleans()):
+        argv += ["--soundfont", draw(st.sampled_from([SOUNDFONT, str(places["text"]), str(places["midi"]), "none.sf2"]))]
+    if draw(st.booleans()):
+        argv += ["--midi-out", draw(_paths(places, "midi_out"))]
     return argv + ["--no-play", "--out", draw(_paths(places, "out")), "--model", "tiny"]
 
 
@@ -145,6 +161,9 @@ def small_renders(draw, places: dict[str, Path]) -> list[str]:
                                                                       "/dev/null", str(places["root"])]))]
     if draw(st.booleans()):
         argv += ["--continuation"]
+    if draw(st.booleans()):
+        argv += ["--init-midi", draw(_mostly([str(places["midi"])], [str(places["no_notes"]), str(places["cut_midi"]),
+                                                                    str(places["loop"])]))]
     target = _mostly([str(out / f"a{ext}") for ext in (".wav", ".flac", ".ogg")] + [str(out / "é ♪.wav")],
                      ["/dev/null", "/proc/riff.wav", str(out / "missing" / "x.wav"), str(out / "a.mp3"), str(out)])
     return argv + ["--no-play", "--out", draw(target)]
