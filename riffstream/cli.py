@@ -144,6 +144,7 @@ GENERATE_EPILOG = """examples:
   riffstream "ambient drone" --duration 1h --no-play --out long.ogg  render only
   riffstream "lofi hip hop beat" --bpm 90                        tempo lock: on the beat across seams
   riffstream "lofi:2 + smooth jazz:1"                            a weighted blend of two styles
+  riffstream "jazz trio" --init-midi sketch.mid --midi-out notes.mid   a MIDI sketch in a style, notes out
   riffstream --timeline examples/timeline.toml --no-play --out set.flac   a planned set
   riffstream "lofi beat" --model tiny --duration 20 --no-play --out test.wav
                                                    offline smoke test (noise, not music)
@@ -153,7 +154,7 @@ over --clips-per-transition clips. Ctrl-C (or SIGTERM) stops within a second; a 
 being written keeps every finished clip.
 
 Conversions: riffstream image-to-audio SPEC.png OUT.wav, riffstream audio-to-image IN.wav
-OUT.png (see riffstream image-to-audio --help). Fetch and export a model ahead of time, to
+OUT.png, riffstream audio-to-midi IN.wav OUT.mid (see riffstream image-to-audio --help). Fetch and export a model ahead of time, to
 play offline later: riffstream download [MODEL]. Serve the stream to browsers, players and
 Icecast: riffstream serve [PROMPT] (see riffstream serve --help).
 """

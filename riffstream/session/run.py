@@ -294,6 +294,8 @@ def _announcement(plan: GenerationPlan, total_clips: int | None) -> str:
     journey = (f"timeline {request.timeline} ({len(options.timeline.entries)} entries)" if options.timeline
                else " -> ".join(options.prompts))
     tempo = f"; {options.bpm:g} BPM" if options.bpm else ""
+    if options.tempo_map is not None and options.tempo_map.tempi:
+        tempo = f"; tempo from MIDI: {' -> '.join(f'{bpm:g}' for _, bpm in options.tempo_map.changes if bpm)} BPM"
     return f"{journey}; seed {options.seed}{tempo}; {what}; {where}"
 
 
