@@ -216,7 +216,8 @@ def test_conversions_end_in_one_line_or_a_valid_file(places, data):
     if not spectrogram.exists():
         assert cli.main(["audio-to-image", str(places["loop"]), str(spectrogram)]) == 0
     valid = {"--crossfade": ["0", "0.5", "1"], "--loudness": ["-14", "off", "-30"], "--iterations": ["0", "4", "16"]}
-    if data.draw(st.booleans()):
+    kind = data.draw(st.sampled_from(("image-to-audio", "audio-to-image", "audio-to-midi")))
+    if kind == "image-to-audio":
         source = data.draw(_mostly([str(spectrogram)], [str(places["loop"]), "/dev/null", str(places["root"]),
                                                         str(places["empty"]), str(places["text"]), "missing.png"]))
         target = data.draw(st.one_of(_mostly([str(places["out"] / f"b{ext}") for ext in (".wav", ".flac", ".ogg")], []),
@@ -225,6 +226,11 @@ def test_conversions_end_in_one_line_or_a_valid_file(places, data):
         for option in data.draw(st.lists(st.sampled_from(sorted(valid)), unique=True)):
             argv += [option, data.draw(st.one_of(st.sampled_from(valid[option]), NUMBERS))]
         out = Path(target)
+    elif kind == "audio-to-midi":
+        source = data.draw(st.one_of(_mostly([str(places["loop"])], [str(places["midi"])]), _paths(places, "audio")))
+        target = data.draw(_mostly([str(places["out"] / "b.mid")], [str(places["out"] / "b.wav"), "/dev/null",
+                                                                     str(places["root"]), "/proc/b.mid", ""]))
+        argv, out = ["audio-to-midi", source, target], Path(target)
     else:
         source = data.draw(st.one_of(_mostly([str(places["loop"])], []), _paths(places, "audio")))
         target = data.draw(_mostly([str(places["out"] / "b.png")], [str(places["out"] / "b.jpg"), "/dev/null",
@@ -246,6 +252,10 @@ def test_conversions_end_in_one_line_or_a_valid_file(places, data):
                 columns = np.asarray(image.convert("L"), dtype=np.float64).mean(axis=0)
             for pulse, gap in ((slice(0, 10), slice(20, 40)), (slice(48, 60), slice(70, 95))):
                 assert columns[pulse].mean() < columns[gap].mean() - 20, (argv, columns.round())
+        elif out.suffix == ".mid":
+            import mido
+
+            assert source == str(places["loop"]) and mido.MidiFile(out).type == 1, argv
         else:
             _sound(out, argv)
         out.unlink()
