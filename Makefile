@@ -28,9 +28,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    (apt-get install -y -q --no-install-recommends chromium icecast2 || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium icecast2)) >/dev/null; \
 	  else echo "note: install Chromium and Icecast (Debian/Ubuntu: sudo apt-get install chromium icecast2) for the serve tests"; fi; }
+	@# --init-midi renders MIDI with FluidSynth and a General MIDI SoundFont.
+	@{ command -v fluidsynth >/dev/null && [ -e /usr/share/sounds/sf2/default-GM.sf2 ]; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    (apt-get install -y -q --no-install-recommends fluidsynth fluid-soundfont-gm || (apt-get update -q && apt-get install -y -q --no-install-recommends fluidsynth fluid-soundfont-gm)) >/dev/null; \
+	  else echo "note: install FluidSynth (Debian/Ubuntu: sudo apt-get install fluidsynth fluid-soundfont-gm) for --init-midi"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[test]"
+	@# Basic Pitch's ONNX model for --midi-out, without the TensorFlow its metadata asks for.
+	$(PIP) install -q --no-deps basic-pitch==0.4.0
 	touch $@
 
 run: $(VENV)/.installed

@@ -36,7 +36,7 @@ from riffstream.tempo import BPM
 from riffstream.server.icecast import IcecastTarget, parse_icecast_url
 from riffstream.session import GenerationPlan, GenerationRequest, ServeRequest, generate, serve
 from riffstream.session import plan_generation as plan_request
-from riffstream.session.convert import audio_to_png, images_to_audio, prepare_model
+from riffstream.session.convert import audio_to_midi, audio_to_png, images_to_audio, prepare_model
 from riffstream.sinks import list_devices
 from riffstream.stream import DEFAULT_STRENGTH, STEER_MODES
 from riffstream.terminal import Terminal, say
@@ -56,6 +56,10 @@ def _image_to_audio(args: argparse.Namespace) -> None:
 
 def _audio_to_image(args: argparse.Namespace) -> None:
     print(audio_to_png(args.audio, args.output, args.stereo))
+
+
+def _audio_to_midi(args: argparse.Namespace) -> None:
+    print(audio_to_midi(args.audio, args.output))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +112,13 @@ def _subcommand_parser() -> argparse.ArgumentParser:
     to_image.add_argument("output", help="image to write (.png); a longer clip makes a wider image")
     to_image.add_argument("--stereo", action="store_true", help="keep two channels (G and B)")
     to_image.set_defaults(run=_audio_to_image)
+    to_midi = commands.add_parser(
+        "audio-to-midi", help="take the notes of audio into a MIDI file",
+        description="Transcribe the notes of an audio file with Spotify's Basic Pitch model (on OpenVINO) into a "
+                    "Standard MIDI File, for a DAW.")
+    to_midi.add_argument("audio", help="audio file (WAV, FLAC, OGG, MP3, ...)")
+    to_midi.add_argument("output", help="MIDI file to write (.mid)")
+    to_midi.set_defaults(run=_audio_to_midi)
     download = commands.add_parser(
         "download", help="fetch and export a model ahead of time, to play offline later",
         description="Fetch a model from the Hugging Face Hub (only the files the pipeline runs, into the Hugging "
@@ -124,7 +135,7 @@ def _subcommand_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS = ("image-to-audio", "audio-to-image", "download")
+SUBCOMMANDS = ("image-to-audio", "audio-to-image", "audio-to-midi", "download")
 
 
 GENERATE_EPILOG = """examples:
@@ -133,6 +144,7 @@ GENERATE_EPILOG = """examples:
   riffstream "ambient drone" --duration 1h --no-play --out long.ogg  render only
   riffstream "lofi hip hop beat" --bpm 90                        tempo lock: on the beat across seams
   riffstream "lofi:2 + smooth jazz:1"                            a weighted blend of two styles
+  riffstream "jazz trio" --init-midi sketch.mid --midi-out notes.mid   a MIDI sketch in a style, notes out
   riffstream --timeline examples/timeline.toml --no-play --out set.flac   a planned set
   riffstream "lofi beat" --model tiny --duration 20 --no-play --out test.wav
                                                    offline smoke test (noise, not music)
@@ -143,7 +155,7 @@ SIGTERM) stops within a second; a file being written keeps every finished clip (
 play: everything that was heard).
 
 Conversions: riffstream image-to-audio SPEC.png OUT.wav, riffstream audio-to-image IN.wav
-OUT.png (see riffstream image-to-audio --help). Fetch and export a model ahead of time, to
+OUT.png, riffstream audio-to-midi IN.wav OUT.mid (see riffstream image-to-audio --help). Fetch and export a model ahead of time, to
 play offline later: riffstream download [MODEL]. Serve the stream to browsers, players and
 Icecast: riffstream serve [PROMPT] (see riffstream serve --help).
 """
@@ -251,6 +263,16 @@ def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
     gen.add_argument("--init-audio", metavar="FILE",
                      help="start every clip from this audio loop's spectrogram (img2img), to keep its sound; with "
                           "--bpm, the loop (whole bars from a downbeat) replaces the drums")
+    gen.add_argument("--init-midi", metavar="FILE",
+                     help="start each clip from this MIDI file, rendered with FluidSynth, over the stream time the "
+                          "clip covers; its tempo map sets the beat grid (no --bpm). A render without --duration "
+                          "ends where it does")
+    gen.add_argument("--soundfont", metavar="FILE.sf2",
+                     help="the SoundFont --init-midi plays with (default: $RIFFSTREAM_SOUNDFONT, else the system's "
+                          "General MIDI one)")
+    gen.add_argument("--midi-out", metavar="FILE.mid",
+                     help="also write the notes of the stream to FILE.mid, transcribed with Basic Pitch, placed at "
+                          "stream time with the grid's tempo; written as the audio is")
     gen.add_argument("--continuation", action="store_true",
                      help="start every clip from the end of the previous one (img2img), for continuity")
     gen.add_argument("--strength", type=option_type(Limits(0, 1)), metavar="S",

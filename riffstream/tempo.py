@@ -221,6 +221,50 @@ def loop_image(audio_at, start: float, width: int, params: SpectrogramParams):
     return image_from_mel(mel[..., skip : skip + width], params)
 
 
+def placed_audio(track: np.ndarray, start: float, length: int) -> np.ndarray:
+    """``length`` samples of ``track`` from sample ``start``, silence where that runs outside it."""
+    first = math.floor(start)
+    out = np.zeros(length, np.float32)
+    begin, end = max(first, 0), min(first + length, len(track))
+    if begin < end:
+        out[begin - first : end - first] = track[begin:end]
+    return out
+
+
+@dataclass(frozen=True)
+class TempoMap:
+    """Tempo changes in time: (seconds, BPM) pairs in time order, the first at 0; a BPM of None is no tempo lock.
+
+    A MIDI file's tempo map, placed at stream time: clips take the tempo at their centre, and where it changes
+    the grid starts again, as it does at a timeline's tempo change.
+    """
+
+    changes: tuple[tuple[float, float | None], ...]
+
+    def bpm_at(self, seconds: float) -> float | None:
+        """The tempo in force at ``seconds`` (None: no tempo lock there)."""
+        bpm = None
+        for start, tempo in self.changes:
+            if start > seconds:
+                break
+            bpm = tempo
+        return bpm
+
+    @property
+    def tempi(self) -> list[float]:
+        """Every tempo it sets, sorted, without repeats."""
+        return sorted({bpm for _, bpm in self.changes if bpm is not None})
+
+    def beats(self, end: float) -> np.ndarray:
+        """Its beat times in ``[0, end)``, seconds: each tempo's beats counted from where it starts."""
+        times = []
+        for n, (start, bpm) in enumerate(self.changes):
+            stop = min(end, self.changes[n + 1][0]) if n + 1 < len(self.changes) else end
+            if bpm is not None:
+                times.extend(start + beat_times(bpm, max(0.0, stop - start) - 1e-9))
+        return np.asarray(times)
+
+
 # ---------------------------------------------------------------------- where clips fall
 
 

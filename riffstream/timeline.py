@@ -66,6 +66,8 @@ class Entry:
     negative_prompt: str | None = None
     strength: float | None = None
     bpm: float | None = None
+    #: A MIDI file the clips start from, from this entry's time (its tempo map then rules the grid).
+    init_midi: str | None = None
     line: int = 0
 
 
@@ -191,6 +193,12 @@ def _number(limits: checks.Limits, integer: bool = False):
     return read
 
 
+def _path(value, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a file name, not {value!r}")
+    return value
+
+
 def _bpm(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{what} must be a number of beats per minute, not {value!r}")
@@ -203,7 +211,7 @@ def _bpm(value, what: str) -> float:
 _READERS = {
     "time": parse_time, "transition": parse_time, "end": parse_time, "prompt": _prompt,
     "seed": _number(checks.SEED, integer=True), "negative_prompt": _text, "strength": _number(checks.STRENGTH),
-    "bpm": _bpm,
+    "bpm": _bpm, "init_midi": _path,
 }
 
 
@@ -289,7 +297,10 @@ def read_timeline(path: str | Path) -> Timeline:
         raise RiffstreamError(f"{path}: not UTF-8 text") from None
     except OSError as error:
         raise RiffstreamError(f"cannot read {path}: {error.strerror}") from None
-    return parse_timeline(text, str(path))
+    timeline = parse_timeline(text, str(path))
+    entries = tuple(replace(entry, init_midi=str(path.parent / entry.init_midi)) if entry.init_midi else entry
+                    for entry in timeline.entries)
+    return replace(timeline, entries=entries)
 
 
 def _clock(seconds: float) -> str:

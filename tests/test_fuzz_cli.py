@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 from riffstream import cli
 from riffstream.errors import RiffstreamError
 from tests.fuzzing import examples
+from tests.midifiles import piano_piece, write_midi
 
+SOUNDFONT = "/usr/share/sounds/sf2/default-GM.sf2"
 PLAN_EXAMPLES = examples(400)
 RUN_EXAMPLES = examples(30)
 CONVERT_EXAMPLES = examples(40)
@@ -62,7 +64,11 @@ def places(tmp_path_factory) -> dict[str, Path]:
     text = root / "notes.wav"
     text.write_text("not audio")
     (root / "out").mkdir()
-    return {"root": root, "loop": loop, "silent": silent, "empty": empty, "text": text, "out": root / "out"}
+    midi = {"midi": piano_piece(root / "piano.mid", bars=2), "no_notes": write_midi(root / "rests.mid", [(0, 0, [])]),
+            "slow_midi": write_midi(root / "slow.mid", [(0, 0, [(0, 1, 60, 90)])], ((0, 12.0),))}
+    (root / "cut.mid").write_bytes(midi["midi"].read_bytes()[:50])
+    return {"root": root, "loop": loop, "silent": silent, "empty": empty, "text": text, "out": root / "out",
+            "cut_midi": root / "cut.mid", **midi}
 
 
 def _paths(places: dict[str, Path], kind: str) -> st.SearchStrategy[str]:
@@ -73,6 +79,10 @@ def _paths(places: dict[str, Path], kind: str) -> st.SearchStrategy[str]:
         return st.sampled_from(common + [str(out / f"a{ext}") for ext in (".wav", ".flac", ".ogg", ".mp3", ".WAV")])
     if kind == "audio":
         return st.sampled_from(common + [str(places[k]) for k in ("loop", "silent", "empty")])
+    if kind == "midi":
+        return st.sampled_from(common + [str(places[k]) for k in ("midi", "no_notes", "slow_midi", "cut_midi", "loop")])
+    if kind == "midi_out":
+        return st.sampled_from(common + [str(out / "n.mid"), str(out / "n.MIDI"), str(out / "n.wav")])
     return st.sampled_from(common + [str(out / "spectrograms"), str(out / "deep" / "er")])
 
 
@@ -97,6 +107,12 @@ def generation_commands(draw, places: dict[str, Path]) -> list[str]:
         argv += ["--save-spectrograms", draw(_paths(places, "folder"))]
     if draw(st.booleans()):
         argv += ["--continuation"]
+    if draw(st.booleans()):
+        argv += ["--init-midi", draw(_paths(places, "midi"))]
+    if draw(st.booleans()):
+        argv += ["--soundfont", draw(st.sampled_from([SOUNDFONT, str(places["text"]), str(places["midi"]), "none.sf2"]))]
+    if draw(st.booleans()):
+        argv += ["--midi-out", draw(_paths(places, "midi_out"))]
     return argv + ["--no-play", "--out", draw(_paths(places, "out")), "--model", "tiny"]
 
 
@@ -145,6 +161,9 @@ def small_renders(draw, places: dict[str, Path]) -> list[str]:
                                                                       "/dev/null", str(places["root"])]))]
     if draw(st.booleans()):
         argv += ["--continuation"]
+    if draw(st.booleans()):
+        argv += ["--init-midi", draw(_mostly([str(places["midi"])], [str(places["no_notes"]), str(places["cut_midi"]),
+                                                                    str(places["loop"])]))]
     target = _mostly([str(out / f"a{ext}") for ext in (".wav", ".flac", ".ogg")] + [str(out / "é ♪.wav")],
                      ["/dev/null", "/proc/riff.wav", str(out / "missing" / "x.wav"), str(out / "a.mp3"), str(out)])
     return argv + ["--no-play", "--out", draw(target)]
@@ -197,7 +216,8 @@ def test_conversions_end_in_one_line_or_a_valid_file(places, data):
     if not spectrogram.exists():
         assert cli.main(["audio-to-image", str(places["loop"]), str(spectrogram)]) == 0
     valid = {"--crossfade": ["0", "0.5", "1"], "--loudness": ["-14", "off", "-30"], "--iterations": ["0", "4", "16"]}
-    if data.draw(st.booleans()):
+    kind = data.draw(st.sampled_from(("image-to-audio", "audio-to-image", "audio-to-midi")))
+    if kind == "image-to-audio":
         source = data.draw(_mostly([str(spectrogram)], [str(places["loop"]), "/dev/null", str(places["root"]),
                                                         str(places["empty"]), str(places["text"]), "missing.png"]))
         target = data.draw(st.one_of(_mostly([str(places["out"] / f"b{ext}") for ext in (".wav", ".flac", ".ogg")], []),
@@ -206,6 +226,11 @@ def test_conversions_end_in_one_line_or_a_valid_file(places, data):
         for option in data.draw(st.lists(st.sampled_from(sorted(valid)), unique=True)):
             argv += [option, data.draw(st.one_of(st.sampled_from(valid[option]), NUMBERS))]
         out = Path(target)
+    elif kind == "audio-to-midi":
+        source = data.draw(st.one_of(_mostly([str(places["loop"])], [str(places["midi"])]), _paths(places, "audio")))
+        target = data.draw(_mostly([str(places["out"] / "b.mid")], [str(places["out"] / "b.wav"), "/dev/null",
+                                                                     str(places["root"]), "/proc/b.mid", ""]))
+        argv, out = ["audio-to-midi", source, target], Path(target)
     else:
         source = data.draw(st.one_of(_mostly([str(places["loop"])], []), _paths(places, "audio")))
         target = data.draw(_mostly([str(places["out"] / "b.png")], [str(places["out"] / "b.jpg"), "/dev/null",
@@ -227,6 +252,10 @@ def test_conversions_end_in_one_line_or_a_valid_file(places, data):
                 columns = np.asarray(image.convert("L"), dtype=np.float64).mean(axis=0)
             for pulse, gap in ((slice(0, 10), slice(20, 40)), (slice(48, 60), slice(70, 95))):
                 assert columns[pulse].mean() < columns[gap].mean() - 20, (argv, columns.round())
+        elif out.suffix == ".mid":
+            import mido
+
+            assert source == str(places["loop"]) and mido.MidiFile(out).type == 1, argv
         else:
             _sound(out, argv)
         out.unlink()

@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Request
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -26,6 +26,8 @@ from riffstream.server import CONTROL_WINDOW
 from riffstream.server.station import KEEP_CLIPS, MAX_STEPS, PROMPT_CHARS, Station
 
 STATIC = Path(__file__).with_name("static")
+#: Most minutes of notes /api/midi gives (the station keeps ten).
+MIDI_MINUTES = 10
 #: Largest request body, bytes.
 MAX_BODY = 16 * 1024
 
@@ -210,6 +212,15 @@ def create_app(station: Station) -> FastAPI:
         if data is None:
             raise HTTPException(404, f"clip {index} is not kept (the last {KEEP_CLIPS} are)")
         return Response(data, media_type="image/png", headers={"cache-control": "max-age=3600"})
+
+    @app.get("/api/midi", response_class=Response, summary="The notes of the last minutes as a MIDI file",
+             responses={200: {"content": {"audio/midi": {}}}, 404: {"description": "notes are not transcribed"}})
+    def midi(minutes: Annotated[float, Query(gt=0, le=MIDI_MINUTES)] = 5.0):
+        if station.midi is None:
+            raise HTTPException(404, "this station does not transcribe notes: install Basic Pitch's model "
+                                     "(pip install --no-deps basic-pitch==0.4.0)")
+        return Response(station.midi.recent(minutes * 60), media_type="audio/midi",
+                        headers={"content-disposition": 'attachment; filename="riffstream.mid"'})
 
     @app.post("/api/prompt", status_code=202, response_model=Queued, dependencies=[Depends(control)],
               summary="Queue a transition to a prompt", responses=CONTROL_RESPONSES)

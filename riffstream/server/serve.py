@@ -23,7 +23,7 @@ from riffstream.errors import RiffstreamError
 from riffstream.server import CONTROL_CALLS, DEFAULT_MAX_LISTENERS
 from riffstream.server.icecast import check_source
 from riffstream.server.routes import create_app
-from riffstream.server.station import SEND_BUFFER, Station
+from riffstream.server.station import SEND_BUFFER, RecentNotes, Station
 from riffstream.sinks.broadcast import ENCODERS, Broadcast
 
 if TYPE_CHECKING:
@@ -102,10 +102,12 @@ def check_icecast(options: ServeOptions, say: Callable[[str], None]) -> None:
 
 def serve(stream: Stream, clock: RealTimeClock, broadcast: Broadcast, options: ServeOptions,
           sock: socket.socket, log: Callable[[str], None] = print,
-          on_ready: Callable[[], None] | None = None) -> int | None:
-    """Run the station until a signal (SIGINT, SIGTERM: returns its number) or a stream error (raised)."""
+          on_ready: Callable[[], None] | None = None, midi: RecentNotes | None = None) -> int | None:
+    """Run the station until a signal (SIGINT, SIGTERM: returns its number) or a stream error (raised).
+    ``midi`` holds the stream's notes for ``/api/midi``."""
 
     station = Station(stream, clock, broadcast, options, log)
+    station.midi = midi
     app = create_app(station)
     received: list[int] = []
 

@@ -19,7 +19,7 @@ import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from riffstream.errors import RiffstreamError
 from riffstream.server.icecast import run_source
@@ -57,6 +57,13 @@ class _Listener:
         self.sending_since: float | None = None
 
 
+class RecentNotes(Protocol):
+    """What ``/api/midi`` serves from (:class:`~riffstream.sinks.midi.MidiWriter` is one)."""
+
+    def recent(self, seconds: float) -> bytes:
+        """A MIDI file of the notes of the last ``seconds`` of the stream."""
+
+
 class Station:
     """A running stream, its broadcast and what the server tells about them."""
 
@@ -76,6 +83,8 @@ class Station:
         self._subscribers: set[asyncio.Queue] = set()
         self._wakers: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task] = []
+        #: The stream's notes, for /api/midi (None: not transcribed).
+        self.midi: RecentNotes | None = None
 
     # ------------------------------------------------------------------ life
 

@@ -3,6 +3,7 @@ to play offline. Each returns its closing line; problems are one-line Riffstream
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,12 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from riffstream.errors import RiffstreamError
+from riffstream.midi import midi_bytes
 from riffstream.model.options import DEFAULT_MODEL, TINY_MODEL
 from riffstream.session.plan import GenerationRequest, model_options, preset_for
 from riffstream.session.run import model_stack
 from riffstream.sinks import check_writable, claim_output, file_format, read_audio, write_audio
 from riffstream.spectrogram import SpectrogramParams, audio_to_image, params_for_image, read_image
+from riffstream.sinks.midi import check_midi_out
 from riffstream.stitch import stitch_images
+from riffstream.transcribe import basic_pitch_model, transcribe
 
 
 def images_to_audio(image_paths: Sequence[str], output: str, crossfade: float, iterations: int,
@@ -55,6 +59,35 @@ def audio_to_png(audio_path: str, output: str, stereo: bool) -> str:
         partial.unlink(missing_ok=True)
         raise RiffstreamError(f"cannot write {target}: {error}") from None
     return f"wrote {output}: {image.width} x {image.height} pixels, {params.duration_of(image.width):.2f} s"
+
+
+def audio_to_midi(audio_path: str, output: str) -> str:
+    """Transcribe an audio file's notes with Basic Pitch into a Standard MIDI File, written whole or not at all."""
+    check_midi_out(output, "audio-to-midi")
+    model = basic_pitch_model()
+    samples, sample_rate = read_audio(audio_path)
+    if not np.any(samples):
+        raise RiffstreamError(f"{audio_path} is silent: there are no notes to take")
+    rate = SpectrogramParams().sample_rate
+    if sample_rate % 22050:  # Basic Pitch listens at 22050 Hz: bring other rates to 44100 first
+        import scipy.signal
+
+        common = math.gcd(int(sample_rate), rate)
+        samples = scipy.signal.resample_poly(np.atleast_2d(samples), rate // common, int(sample_rate) // common, axis=-1)
+        sample_rate = rate
+    with model_stack(f"cannot run Basic Pitch's model {model}", lambda line: None):
+        notes = transcribe(samples, sample_rate)
+    target = Path(output)
+    partial = target.with_name(f".{target.name}.partial")
+    with claim_output(output, "output file"):
+        try:
+            partial.write_bytes(midi_bytes(notes))
+            partial.replace(target)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise RiffstreamError(f"cannot write {target}: {error.strerror}") from None
+    seconds = np.atleast_2d(samples).shape[-1] / sample_rate
+    return f"wrote {output}: {len(notes)} notes in {seconds:.2f} s of audio"
 
 
 def prepare_model(request: GenerationRequest, presets: Sequence[str], say: Callable[[str], None]) -> str:

@@ -12,11 +12,13 @@ from riffstream.errors import RiffstreamError
 from riffstream.journal import Journal
 from riffstream.model.options import DEFAULT_MODEL, PRESETS, TINY_MODEL, LoraSpec, ModelOptions, Preset, auto_preset
 from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION, parse_duration, parse_prompts
-from riffstream.session.inputs import init_image_from_audio, read_loop, timeline_with_defaults
+from riffstream.session.inputs import init_image_from_audio, midi_track, read_loop, timeline_with_defaults
 from riffstream.sinks import check_folder_writable, check_output_device, check_writable, file_format
+from riffstream.sinks.midi import check_midi_out
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_LOUDNESS
 from riffstream.stream import DEFAULT_STRENGTH, StreamOptions, validate
+from riffstream.transcribe import basic_pitch_model
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -37,6 +39,9 @@ class GenerationRequest:
     loudness: float | None = DEFAULT_LOUDNESS
     bpm: float | None = None
     init_audio: str | None = None
+    init_midi: str | None = None
+    soundfont: str | None = None
+    midi_out: str | None = None
     continuation: bool = False
     strength: float | None = None
     width: int = 512
@@ -122,7 +127,13 @@ def plan_generation(request: GenerationRequest) -> GenerationPlan:
     elif request.resume and request.seed is None:
         seed = Journal.read_plan(request.out).get("stream", {}).get("seed", seed)
     spectrograms = Path(request.save_spectrograms) if request.save_spectrograms is not None else None
-    tempo_locked = request.bpm is not None or (timeline is not None and timeline.uses_bpm)
+    if request.init_midi is not None and (request.bpm is not None or request.init_audio is not None):
+        raise RiffstreamError(f"--init-midi sets what clips start from and the tempo: leave out "
+                              f"{'--bpm' if request.bpm is not None else '--init-audio'}")
+    midi = midi_track(request.init_midi, request.soundfont, timeline)
+    if midi is not None and duration is None and not (play or request.serve):
+        duration = max(midi.end, timeline.end or 0) if timeline is not None else midi.end  # a render ends there
+    tempo_locked = request.bpm is not None or (timeline is not None and timeline.uses_bpm) or midi is not None
     loop = read_loop(request.init_audio, timeline, request.bpm) if tempo_locked and request.init_audio else None
     options = StreamOptions(
         prompts=tuple(prompts), seed=seed, steps=request.steps or preset.steps,
@@ -131,7 +142,8 @@ def plan_generation(request: GenerationRequest) -> GenerationPlan:
         crossfade=request.crossfade, loudness=request.loudness,
         init_image=None if tempo_locked else init_image_from_audio(request.init_audio, request.width),
         strength=DEFAULT_STRENGTH if request.strength is None else request.strength, bpm=request.bpm, loop=loop,
-        timeline=timeline, continuation=request.continuation, duration=duration, save_spectrograms=spectrograms,
+        timeline=timeline, track=midi.audio if midi else None, tempo_map=midi.tempo if midi else None,
+        continuation=request.continuation, duration=duration, save_spectrograms=spectrograms,
         prebuffer=request.prebuffer, steer=request.steer, params=SpectrogramParams())
     if options.strength == 0 and options.init_image is None and not tempo_locked:
         raise RiffstreamError("--strength 0 plays the starting loop as it is: give --bpm or --init-audio")
@@ -141,6 +153,9 @@ def plan_generation(request: GenerationRequest) -> GenerationPlan:
         check_writable(request.out)
     if spectrograms is not None:
         check_folder_writable(spectrograms)
+    if request.midi_out is not None:
+        check_midi_out(request.midi_out)
+        basic_pitch_model()
     return GenerationPlan(request, options, model, fallback,
                           check_output_device(request.output_device) if play else None, preset.name)
 

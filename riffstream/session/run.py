@@ -27,6 +27,8 @@ from riffstream.server import CONTROL_CALLS, DEFAULT_MAX_LISTENERS
 from riffstream.session.plan import GenerationPlan, GenerationRequest, journal_plan, plan_generation
 from riffstream.sinks import AudioFileWriter, claim_output
 from riffstream.sinks.broadcast import Broadcast
+from riffstream.sinks.midi import MidiWriter
+from riffstream.session.inputs import stream_tempo
 from riffstream.stream import ClipSource, Player, RealTimeClock, Stream, refuse_remote_continuation
 
 # The model (OpenVINO, diffusers), Ray and the server's web stack are imported inside the functions that
@@ -202,12 +204,13 @@ def _play(plan: GenerationPlan, source: ClipSource | RiffusionModel, reporter: R
     if journal is None and out and options.duration is not None:
         journal = Journal.start(out, journal_plan(plan))
     writer = AudioFileWriter(out, params.sample_rate, params.channels) if out else None
+    midi = midi_writer(plan)
     clock = None
     if plan.output_device is not None:
         def clock(ring) -> Player:
             return Player(ring, params.sample_rate, params.channels, request.output_device)
     try:
-        stream = Stream(source, options, [writer] if writer else [], clock, journal, finished)
+        stream = Stream(source, options, [sink for sink in (writer, midi) if sink], clock, journal, finished)
         if finished:
             reporter.say(f"resuming {out}: {len(finished)} of {stream.total_clips} clips are done")
         reporter.say(_announcement(plan, stream.total_clips))
@@ -220,6 +223,7 @@ def _play(plan: GenerationPlan, source: ClipSource | RiffusionModel, reporter: R
         finally:
             reporter.say(summary(stream))
     except (KeyboardInterrupt, SourceLost):  # stopped, or where clips are made is gone: keep what is finished
+        _keep_midi(midi, reporter)
         if writer is not None:
             writer.close()
             more = "; the same command with --resume finishes it" if journal is not None else ""
@@ -228,6 +232,7 @@ def _play(plan: GenerationPlan, source: ClipSource | RiffusionModel, reporter: R
         raise
     except WriteFailed as failure:  # a full disk: keep what is finished, and say so in the one line
         kept = ""
+        _keep_midi(midi, reporter)
         if writer is not None:
             with contextlib.suppress(WriteFailed):
                 writer.close()
@@ -240,7 +245,10 @@ def _play(plan: GenerationPlan, source: ClipSource | RiffusionModel, reporter: R
     except BaseException:
         if writer is not None:
             writer.discard()
+        if midi is not None:
+            midi.discard()
         raise
+    _keep_midi(midi, reporter)
     if writer is None:
         return None
     writer.close()
@@ -253,6 +261,30 @@ def _play(plan: GenerationPlan, source: ClipSource | RiffusionModel, reporter: R
     return f"wrote {out}: {writer.frames_written / params.sample_rate:.2f} s at {params.sample_rate} Hz"
 
 
+def midi_writer(plan: GenerationPlan) -> MidiWriter | None:
+    """The sink that writes ``--midi-out``; None without one."""
+    path = plan.request.midi_out
+    return MidiWriter(path, plan.stream.params.sample_rate, stream_tempo(plan.stream)) if path else None
+
+
+def _station_notes(plan: GenerationPlan, say: Callable[[str], None]) -> MidiWriter | None:
+    """What ``serve`` transcribes its notes with, for ``/api/midi`` and ``--midi-out``: None, said once, when
+    Basic Pitch's model is not installed (and no ``--midi-out`` asked for it: the plan checked that)."""
+    try:
+        return midi_writer(plan) or MidiWriter(None, plan.stream.params.sample_rate, stream_tempo(plan.stream))
+    except RiffstreamError as error:
+        say(f"note: /api/midi is off: {error}")
+        return None
+
+
+def _keep_midi(midi: MidiWriter | None, reporter: Reporter) -> None:
+    """Put ``--midi-out`` in place with every note transcribed, and say so."""
+    if midi is not None:
+        with contextlib.suppress(RiffstreamError):
+            midi.close()
+            reporter.say(f"wrote {midi.path}: {len(midi.notes)} notes")
+
+
 def _announcement(plan: GenerationPlan, total_clips: int | None) -> str:
     """The line that says what is about to play: the journey, seed, tempo, length and where it goes."""
     request, options = plan.request, plan.stream
@@ -262,6 +294,8 @@ def _announcement(plan: GenerationPlan, total_clips: int | None) -> str:
     journey = (f"timeline {request.timeline} ({len(options.timeline.entries)} entries)" if options.timeline
                else " -> ".join(options.prompts))
     tempo = f"; {options.bpm:g} BPM" if options.bpm else ""
+    if options.tempo_map is not None and options.tempo_map.tempi:
+        tempo = f"; tempo from MIDI: {' -> '.join(f'{bpm:g}' for _, bpm in options.tempo_map.changes if bpm)} BPM"
     return f"{journey}; seed {options.seed}{tempo}; {what}; {where}"
 
 
@@ -300,12 +334,19 @@ def serve(request: GenerationRequest, listen: ServeRequest, reporter: Reporter) 
 
                 ahead = SERVE_AHEAD_CLIPS * params.duration_of(request.width)
                 recording = AudioFileWriter(request.out, params.sample_rate, params.channels) if request.out else None
+                midi = _station_notes(plan, reporter.say)
                 # The file closes with every finished clip in it however serving ends, and is removed on an error.
                 with recording or contextlib.nullcontext():
                     stream = Stream(source, dataclasses.replace(plan.stream, max_ahead=ahead),
-                                    [recording] if recording else [], clock)
-                    stopped_by = server.serve(stream, stream.clock, broadcast, options, sock, log=reporter.say,
-                                              on_ready=ready)
+                                    [sink for sink in (recording, midi) if sink], clock)
+                    try:
+                        stopped_by = server.serve(stream, stream.clock, broadcast, options, sock, log=reporter.say,
+                                                  on_ready=ready, midi=midi)
+                    except BaseException:
+                        if midi is not None:
+                            midi.discard()
+                        raise
+                _keep_midi(midi if request.midi_out else None, reporter)
                 if recording is not None:
                     reporter.say(f"kept {request.out}: {recording.frames_written / params.sample_rate:.2f} s")
                 reporter.say(summary(stream))

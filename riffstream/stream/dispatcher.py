@@ -29,7 +29,7 @@ from riffstream.stream.ring import POLL, CutPoint, CutRequest, put_until
 from riffstream.stream.sources import ClipJob, ClipSource, MadeClip, keep_overlap
 from riffstream.stream.status import StreamStats
 from riffstream.stream.steering import Steering
-from riffstream.tempo import ClipLayout, LoopImages, Slot
+from riffstream.tempo import ClipLayout, LoopImages, Slot, loop_image, placed_audio
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -108,7 +108,11 @@ class Dispatcher:
         self._planned.pop(index - REMEMBERED, None)
         strength = options.strength if clip.strength is None else clip.strength
         init_image = None
-        if slot.bpm is not None:
+        hop = options.params.hop_length
+        if options.track is not None and slot.start * hop < len(options.track):
+            init_image = loop_image(lambda at, length: placed_audio(options.track, at, length), slot.start * hop,
+                                    self.source.options.width, options.params)
+        elif slot.bpm is not None:
             init_image = self.loops.image(slot)
         elif options.init_image is not None:
             init_image = options.init_image

@@ -19,7 +19,7 @@ from riffstream.fingerprint import NOT_RECORDED, fingerprint
 from riffstream.planner import DEFAULT_CLIPS_PER_TRANSITION
 from riffstream.spectrogram import SpectrogramParams
 from riffstream.stitch import DEFAULT_CROSSFADE, DEFAULT_LOUDNESS, overlap_frames
-from riffstream.tempo import beat_grid, check_bpm
+from riffstream.tempo import TempoMap, beat_grid, check_bpm
 from riffstream.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -59,6 +59,11 @@ class StreamOptions:
     loop: np.ndarray | None = None
     #: A plan in time: prompts, transitions and per-entry options; it replaces ``prompts`` for planning.
     timeline: Timeline | None = None
+    #: Audio placed at stream time (mono, at the params' sample rate; an --init-midi render): each clip it reaches
+    #: starts from it over the stream time the clip covers, as a tempo-locked clip starts from its loop.
+    track: np.ndarray | None = None
+    #: Tempo changes in stream time (a MIDI file's tempo map); it replaces ``bpm`` and the timeline's tempi.
+    tempo_map: TempoMap | None = None
     #: Start each clip from the end of the previous one (img2img), keeping the shared overlap.
     continuation: bool = False
     duration: float | None = None
@@ -76,7 +81,14 @@ class StreamOptions:
     @property
     def tempo_locked(self) -> bool:
         """Whether clips lock to a tempo (``bpm``, or tempi in the timeline)."""
-        return self.bpm is not None or (self.timeline is not None and self.timeline.uses_bpm)
+        return (self.bpm is not None or (self.timeline is not None and self.timeline.uses_bpm)
+                or (self.tempo_map is not None and bool(self.tempo_map.tempi)))
+
+    def bpm_at(self, seconds: float) -> float | None:
+        """The tempo in force at ``seconds`` of a plan followed to the end (None: no tempo lock there)."""
+        if self.tempo_map is not None:
+            return self.tempo_map.bpm_at(seconds)
+        return self.timeline.bpm_at(seconds) if self.timeline is not None else self.bpm
 
     def fingerprint(self) -> dict:
         """Everything that decides the audio, as JSON-able values (pictures and loops as digests): what a
@@ -107,7 +119,7 @@ def validate(options: StreamOptions, clip_width: int) -> None:
     if options.steer not in STEER_MODES:
         raise RiffstreamError(f"--steer must be one of {', '.join(STEER_MODES)}, not {options.steer!r}")
     tempo_locked = options.tempo_locked
-    if not (options.strength == 0 and (options.init_image is not None or tempo_locked)):
+    if not (options.strength == 0 and (options.init_image is not None or options.track is not None or tempo_locked)):
         check_number(options.strength, "strength", checks.STRENGTH)  # 0 with a starting image: no model
     if options.bpm is not None:
         check_bpm(options.bpm)
@@ -119,12 +131,17 @@ def validate(options: StreamOptions, clip_width: int) -> None:
         raise RiffstreamError("under a tempo lock every clip starts from the loop: give it as the loop, not an init image")
     if not 0 <= crossfade_seconds(options, clip_width) <= clip_s / 2 - EDGE_FADE:
         raise RiffstreamError(f"crossfade must be between 0 and {clip_s / 2 - EDGE_FADE:.2f} s for {clip_s:.2f}-s clips")
-    for bpm in tempi(options.bpm, options.timeline):
+    if options.track is not None and options.init_image is not None:
+        raise RiffstreamError("--init-midi and --init-audio both give what clips start from: use one")
+    for bpm in tempi(options.bpm, options.timeline, options.tempo_map):
         beat_grid(bpm, params, clip_width, overlap_frames(params, crossfade_seconds(options, clip_width)))
 
 
-def tempi(bpm: float | None, timeline: Timeline | None) -> list[float]:
-    """Every tempo a stream locks to: ``bpm`` (the command line's), or a timeline's (where it overrides its default)."""
+def tempi(bpm: float | None, timeline: Timeline | None, tempo_map: TempoMap | None = None) -> list[float]:
+    """Every tempo a stream locks to: a tempo map's (a MIDI file's), else ``bpm`` (the command line's), or a
+    timeline's (where it overrides its default)."""
+    if tempo_map is not None:
+        return tempo_map.tempi
     return timeline.tempi if timeline is not None else [bpm] if bpm is not None else []
 
 

@@ -108,7 +108,7 @@ class Stream:
         if options.duration is not None:
             self.total_frames = round(options.duration * rate)
             self.total_clips = clips_to_cover(params, self.clip_width, self.overlap_columns, self.total_frames,
-                                              options.timeline.bpm_at if options.timeline else lambda _: options.bpm)
+                                              options.bpm_at)
         self.layout = ClipLayout(params, self.clip_width, self.overlap_columns, self._tempo_at)
         self.journey = self._journey()
         self.stats = StreamStats()
@@ -154,8 +154,7 @@ class Stream:
 
     def _tempo_at(self, seconds: float) -> float | None:
         """The tempo clips centred at ``seconds`` lock to (None: none)."""
-        timeline = self.options.timeline
-        return timeline.bpm_at(self.journey.tempo_time(seconds)) if timeline is not None else self.options.bpm
+        return self.options.bpm_at(self.journey.tempo_time(seconds))
 
     def _ring_seconds(self) -> float:
         """How much audio live play buffers ahead of the clock: room for a whole render, so production may run
