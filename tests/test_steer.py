@@ -14,6 +14,7 @@ import soundfile
 from riffstream.planner import MAX_TURN_DEPTH, Clip, PromptJourney, blend_embedding, clip_noise, lerp, point_of
 from riffstream.sinks import AudioFileWriter
 from riffstream.stream import RealTimeClock, RingBuffer, Stream, StreamOptions
+from riffstream.stream.dispatcher import FIRST_STEER_SCALE, STEER_MARGIN
 from riffstream.stream.steering import Steering
 from riffstream.timeline import TimelineJourney, parse_timeline
 
@@ -210,7 +211,7 @@ def test_a_steer_is_heard_within_a_clip_s_making_and_joins_on_with_no_gap_or_lev
     # no underrun, and sooner than the audio the ring held (a full look-ahead would have made it wait).
     advance = (WIDTH - stream.overlap_columns) / 100
     assert stream.stats.cuts >= 1 and stream.clock.underruns == 0
-    assert run["after"] <= run["making"] * 1.15 + 0.5 + advance + 0.5, run
+    assert run["after"] <= run["making"] * FIRST_STEER_SCALE + STEER_MARGIN + advance + 0.5, run
     assert run["after"] < stream.ring.ahead / RATE
     assert any(line.startswith("turning to 'smooth jazz' now") for line in run["messages"])
 

@@ -35,11 +35,11 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-#: A steer keeps the audio that covers the next clip's making: the time the last steer took to its first
-#: clip joined (before the first steer, the last clip's model and audio-stage times, which overlap other
-#: work and so overstate it), scaled by this and with this margin (seconds) on top, for a model step being
-#: abandoned and the machine's noise.
-STEER_TIME_SCALE = 1.15
+#: A steer keeps the audio that covers the next clip's making: the time the last steer took from its cut to
+#: its first clip joined, or before any steer the last clip's model and audio-stage times scaled by this (they
+#: overlap other work, but the first steer also joins a clip cut short), with this margin (seconds) on top,
+#: for a model step being abandoned and the machine's noise.
+FIRST_STEER_SCALE = 1.15
 STEER_MARGIN = 0.5
 #: Clips planned and handed on that are remembered: a steer starts from one of them.
 REMEMBERED = 32
@@ -225,9 +225,9 @@ class Dispatcher:
         the next clip's start."""
         stats, params = self.stats, self.options.params
         rate, hop = params.sample_rate, params.hop_length
-        making = stats.last_steer_seconds or stats.last_model_seconds + stats.last_audio_seconds
+        making = stats.last_steer_seconds or (stats.last_model_seconds + stats.last_audio_seconds) * FIRST_STEER_SCALE
         heard = self.live.heard_frame()
-        needed = heard + (making * STEER_TIME_SCALE + STEER_MARGIN) * rate
+        needed = heard + (making + STEER_MARGIN) * rate
         rejoin = heard + (stats.last_audio_seconds + STEER_MARGIN) * rate
         points = self.live.cut_points()
         if points and points[0].frame >= needed:
