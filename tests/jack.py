@@ -41,7 +41,7 @@ DRIVER = textwrap.dedent("""
     from riffstream.stream import clocks
 
     samples = np.lib.format.open_memmap(sys.argv[1], mode="w+", dtype=np.float32, shape=(int(sys.argv[2]),))
-    # first read, last read (time.monotonic), frames read, reads, short reads, frame of the first short read
+    # first read, last read of the stream (time.monotonic), frames read, reads, short reads, frame of the first short read
     head = np.lib.format.open_memmap(sys.argv[3], mode="w+", dtype=np.float64, shape=(6,))
     head[5] = -1
 
@@ -64,7 +64,11 @@ DRIVER = textwrap.dedent("""
                 head[4] += 1
                 if head[5] < 0:
                     head[5] = done + copied
-            head[1], head[2], head[3] = now, done + copied, head[3] + 1
+            # The end of play is the last read that found audio: once the stream has ended and its ring
+            # is closed, the card's reads of silence until it is stopped are not play.
+            if copied or not self._source.closed:
+                head[1] = now
+            head[2], head[3] = done + copied, head[3] + 1
             return copied
 
     # Wrapped in place, so every module that took the Player class plays through the recorder.

@@ -183,6 +183,7 @@ def _steer_live(model, mode: str, out=None, clips_before: int = 4) -> dict:
             assert stream.poll() and time.monotonic() < deadline, "live play never got going"
             time.sleep(0.01)
         making = stream.stats.last_model_seconds + stream.stats.last_audio_seconds
+        underruns = stream.clock.underruns  # (the start of play is not what is tested)
         sent = time.monotonic()
         stream.queue_prompt("smooth jazz")
         while (stream.status().heard is None or stream.status().heard.prompt_b != "smooth jazz"):
@@ -199,6 +200,7 @@ def _steer_live(model, mode: str, out=None, clips_before: int = 4) -> dict:
             writer.close()
     first = next(e for e in events if e.clip.prompt_b == "smooth jazz" and not e.loop)
     return {"after": after, "making": making, "stream": stream, "heard": heard_sink.audio()[0],
+            "underruns": stream.clock.underruns - underruns,
             "seam": stream.clock.stream_frame(first.live_frame), "messages": stream.take_messages(), "first": first.clip}
 
 
@@ -210,7 +212,7 @@ def test_a_steer_is_heard_within_a_clip_s_making_and_joins_on_with_no_gap_or_lev
     # where the clip it falls in cannot be joined again in time; and a little of the machine's noise), with
     # no underrun, and sooner than the audio the ring held (a full look-ahead would have made it wait).
     advance = (WIDTH - stream.overlap_columns) / 100
-    assert stream.stats.cuts >= 1 and stream.clock.underruns == 0
+    assert stream.stats.cuts >= 1 and run["underruns"] == 0
     assert run["after"] <= run["making"] * FIRST_STEER_SCALE + STEER_MARGIN + advance + 0.5, run
     assert run["after"] < stream.ring.ahead / RATE
     assert any(line.startswith("turning to 'smooth jazz' now") for line in run["messages"])
@@ -240,7 +242,7 @@ def test_a_steer_is_heard_within_a_clip_s_making_and_joins_on_with_no_gap_or_lev
 def test_smooth_steering_keeps_riffusion_s_way_waiting_for_the_transition_and_the_ring(model):
     run = _steer_live(model, "smooth")
     stream = run["stream"]
-    assert stream.stats.cuts == 0 and stream.clock.underruns == 0
+    assert stream.stats.cuts == 0 and run["underruns"] == 0
     assert any(line.startswith("queued a transition to 'smooth jazz'") for line in run["messages"])
     first = run["first"]
     assert first.prompt_b == "smooth jazz" and first.origin is None and first.prompt_a == "lofi"
