@@ -276,10 +276,7 @@ class PromptJourney:
     def turn(self, next_index: int, origin: Clip, prompt: str | None = None, seed: int | None = None) -> None:
         """Turn at once from ``origin``'s point (clip ``next_index - 1``) towards ``prompt`` with ``seed``
         (None: the prompt ``origin`` heads to; the walk's next seed), over ``clips_per_transition`` clips."""
-        if prompt is not None:
-            prompt = check_queued(prompt, self.total_clips)
-        elif self.total_clips is not None:
-            raise RiffstreamError("the journey of a finite --duration is fixed: its seeds cannot change")
+        prompt = check_turn(prompt, self.total_clips)
         self._before_turns.append((next_index, (list(self.prompts), self.seed, self._anchor, list(self._seeds),
                                                 dict(self._origins))))
         start = math.floor(self.position(next_index - 1) + 1e-9) + 1  # a waypoint no planned clip reached
@@ -345,6 +342,15 @@ def check_queued(prompt: str, total_clips: int | None) -> str:
     if total_clips is not None:
         raise RiffstreamError("the journey of a finite --duration is fixed: new prompts go to endless streams")
     return prompt
+
+
+def check_turn(prompt: str | None, total_clips: int | None) -> str | None:
+    """``prompt`` (None: a new seed only), stripped, if a journey of ``total_clips`` (None: endless) can turn to it."""
+    if prompt is not None:
+        return check_queued(prompt, total_clips)
+    if total_clips is not None:
+        raise RiffstreamError("the journey of a finite --duration is fixed: its seeds cannot change")
+    return None
 
 
 def check_pace_change(clips: int, total_clips: int | None) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from riffstream import checks
 from riffstream.checks import check_input_file, check_number
 from riffstream.errors import RiffstreamError
-from riffstream.planner import Clip, check_pace_change, check_queued, parse_blend, point_of
+from riffstream.planner import Clip, check_pace_change, check_queued, check_turn, parse_blend, point_of
 from riffstream.tempo import check_bpm
 
 try:
@@ -425,10 +425,7 @@ class TimelineJourney:
         """Turn at once from ``origin``'s point (the clip before ``next_index``, centred where the last clip
         planned was) towards ``prompt`` (None: the prompt ``origin`` heads to) with ``seed`` (None: the walk's
         next), over one seed-walk step; a prompt leaves the rest of the timeline."""
-        if prompt is not None:
-            prompt = check_queued(prompt, self.total_clips)
-        elif self.total_clips is not None:
-            raise RiffstreamError("the journey of a finite --duration is fixed: its seeds cannot change")
+        prompt = check_turn(prompt, self.total_clips)
         if self._last_time is None:
             raise RiffstreamError("a turn needs a clip to start from")
         self._before_turns.append((next_index, (list(self._waypoints), self.seed, self.left_timeline,
