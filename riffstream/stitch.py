@@ -18,14 +18,11 @@ ways:
    music's own rises and falls instead of forcing every clip to one loudness. Where the
    two overlaps do not show the same sound (independently generated clips), the new clip
    is matched to the loudness of the one before instead.
-4. **Loudness on a long time scale**, as broadcast loudness processors work: a slow gain
-   follower holds the integrated loudness (ITU-R BS.1770, via pyloudnorm; -14 LUFS by
-   default) of the last ``LOUDNESS_WINDOW`` seconds at the target, so changes slower than
-   that are levelled and faster ones kept. Where that would take the output's last
-   ``HELD_WINDOW`` seconds more than ``HELD_BAND`` LU from the target (a long loud or
-   quiet passage of dynamic music), the clip's gain moves just enough to keep them in
-   the band. The gain glides across each clip's body and is constant over its overlaps,
-   so it never steps at a seam; a look-ahead limiter holds true peaks below -1 dBTP.
+4. **Loudness on a long time scale** (``riffstream.loudness``): a slow follower corrects
+   only drift, holding the last five minutes near the target (-14 LUFS by default) and
+   leaving the contour carried across the seams alone; a look-ahead limiter holds true
+   peaks below -1 dBTP. Its gain is constant over each clip's overlaps, so it never
+   steps at a seam.
 
 ``ClipStitcher`` is a plain object with no threads: the stream's consumer thread and the
 ``image-to-audio`` command both feed it images, so files and live play are stitched alike.
@@ -34,18 +31,13 @@ ways:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
-
 import numpy as np
-import pyloudnorm
-import scipy.ndimage
-import scipy.signal
 from PIL import Image
 
 from riffstream import checks
 from riffstream.checks import check_number
 from riffstream.errors import RiffstreamError
-from riffstream.loudness import LoudnessWindow
+from riffstream.loudness import LIMITER_CEILING, LoudnessFollower, limit_peaks
 from riffstream.phase import DEFAULT_ITERATIONS, reconstruct
 from riffstream.spectrogram import SpectrogramParams, mel_from_image, params_for_image
 
@@ -55,32 +47,8 @@ from riffstream.spectrogram import SpectrogramParams, mel_from_image, params_for
 DEFAULT_CROSSFADE = 1.0
 #: Target integrated loudness, the streaming services' norm.
 DEFAULT_LOUDNESS = -14.0
-#: True-peak ceiling in dBTP.
-TRUE_PEAK_CEILING = -1.0
-#: The limiter aims a little under the ceiling: samples at the ceiling can still peak
-#: slightly above it between samples.
-LIMITER_CEILING = TRUE_PEAK_CEILING - 0.2
 #: Seconds at each clip edge kept out of the crossfade: half the 100-ms analysis window.
 EDGE_GUARD = 0.05
-#: Look-ahead of the peak limiter, in seconds.
-LIMITER_LOOKAHEAD = 0.002
-#: Seconds of recent audio whose integrated loudness the gain follower holds at the target.
-LOUDNESS_WINDOW = 20.0
-#: Every stretch of the output this long is held within this many LU of the target: the
-#: 60-s integrated loudness that broadcast norms bound at ±1 LU, with a margin for the
-#: stretches that do not end where a clip does.
-HELD_WINDOW = 60.0
-HELD_BAND = 0.6
-#: A stream younger than the window is held to a band this much wider at its start,
-#: narrowing as it fills: its opening seconds may rise and fall, but not so far that the
-#: first full minute could not be brought back.
-HELD_YOUNG_BAND = 1.0
-#: Most the held window moves a clip's gain from the follower's, in dB.
-HELD_CORRECTION_DB = 10.0
-#: Loudness range, in LU around the target, that one clip is brought into at most: a loud
-#: clip after a long quiet stretch is not raised far over the target, nor a quiet clip
-#: after a loud one sunk far under it.
-CLIP_LOUDNESS_RANGE = (-10.0, 3.0)
 #: Overlap cells more than 30 dB under the loudest are too coarsely quantised to compare.
 OVERLAP_FLOOR = 10 ** (-30 / 20)
 #: Two overlaps show the same sound when their loud cells' log ratio varies this little
@@ -121,24 +89,6 @@ def crossfade(outgoing: np.ndarray, incoming: np.ndarray, guard: int = 0) -> np.
     return (outgoing * (fall * norm) + incoming * (rise * norm)).astype(np.float32)
 
 
-def true_peak(audio: np.ndarray) -> np.ndarray:
-    """Per-sample true-peak estimate (4x oversampling, as BS.1770), max over channels."""
-    upsampled = np.abs(scipy.signal.resample_poly(audio, 4, 1, axis=-1))
-    return upsampled[..., : audio.shape[-1] * 4].reshape(*audio.shape[:-1], -1, 4).max(axis=-1).max(axis=0)
-
-
-def limit_peaks(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING) -> np.ndarray:
-    """Smooth look-ahead gain reduction so that true peaks stay under ``ceiling_db``."""
-    ceiling = 10 ** (ceiling_db / 20)
-    needed = np.minimum(1.0, ceiling / np.maximum(true_peak(audio), 1e-12))
-    if needed.min() >= 1.0:
-        return audio
-    half = max(1, int(LIMITER_LOOKAHEAD * sample_rate))
-    # A minimum filter wider than the smoothing window keeps every peak under the ceiling.
-    gain = scipy.ndimage.uniform_filter1d(scipy.ndimage.minimum_filter1d(needed, 4 * half + 1), 2 * half + 1)
-    return np.clip(audio * gain, -ceiling, ceiling).astype(np.float32)
-
-
 class ClipStitcher:
     """Turns successive spectrogram images into one continuous signal, clip by clip.
 
@@ -161,15 +111,13 @@ class ClipStitcher:
         self.iterations = iterations
         self.loudness = loudness
         self.continuity = continuity
-        self._meter = pyloudnorm.Meter(self.params.sample_rate)
         self._tail: np.ndarray | None = None
         self._lead_in: np.ndarray | None = None
         self._mel_tail: np.ndarray | None = None  # the last clip's mel over its closing overlap
         self._contour = 1.0  # the last clip's gain relative to the first, from the overlaps
         self._contour_rms = 0.0  # the last clip's RMS at that gain
-        self._history = np.zeros((self.params.channels, 0), np.float32)  # recent audio at contour gain
-        self._gain: float | None = None  # the follower's gain at the end of the last clip
-        self._output = LoudnessWindow(self.params.sample_rate, HELD_WINDOW)
+        self._follower = LoudnessFollower(loudness, self.params.sample_rate, self.params.channels) if (
+            loudness is not None) else None
         self.clips = 0
 
     def add(self, image: Image.Image, overlap_after: int | None = None, adaptive: bool = True) -> np.ndarray:
@@ -196,7 +144,10 @@ class ClipStitcher:
         self._lead_in = clip.spectrum[:, clip.spectrum.shape[1] - after :].copy() if after else None
         audio = clip.audio * np.float32(self._carry_level(mel, clip.audio, before))
         self._mel_tail = mel[..., mel.shape[-1] - after :] if after else None
-        audio = self._level(audio, before * self.params.hop_length, after * self.params.hop_length)
+        if self._follower is not None:
+            audio = self._follower.level(audio, before * self.params.hop_length, after * self.params.hop_length)
+        else:
+            audio = limit_peaks(audio, self.params.sample_rate, LIMITER_CEILING)
         body_end = audio.shape[-1] - after * self.params.hop_length
         if self._tail is None:
             ready = audio[:, :body_end]
@@ -252,84 +203,6 @@ class ClipStitcher:
         if np.median(np.abs(log_ratio - middle)) > SAME_SOUND:
             return None
         return self._contour * float(np.exp(middle))
-
-    def _level(self, audio: np.ndarray, lead: int, tail: int) -> np.ndarray:
-        """Apply the slow loudness follower's gain, then limit true peaks.
-
-        The follower's gain makes the last ``LOUDNESS_WINDOW`` seconds (this clip's new
-        audio included) integrate to the target, and moves only as far as the output's
-        last ``HELD_WINDOW`` seconds allow. It holds the previous clip's gain over the
-        first ``lead`` samples (the crossfade with that clip), glides in dB across the
-        body and holds the new gain over the last ``tail`` samples. A silent stretch keeps
-        the gain it had.
-        """
-        if self.loudness is None:
-            return limit_peaks(audio, self.params.sample_rate, LIMITER_CEILING)
-        window = int(LOUDNESS_WINDOW * self.params.sample_rate)
-        self._history = np.concatenate([self._history, audio[:, lead:]], axis=1)[:, -window:]
-        recent, clip = self._loudness_of(self._history), self._loudness_of(audio)
-        gain = self._gain if self._gain is not None else 1.0
-        if np.isfinite(recent) and np.isfinite(clip):
-            low, high = (10 ** ((self.loudness + bound - clip) / 20) for bound in CLIP_LOUDNESS_RANGE)
-            gain = float(np.clip(10 ** ((self.loudness - recent) / 20), low, high))
-        start = self._gain if self._gain is not None else gain
-
-        def output(log_gain: float) -> np.ndarray:
-            return audio * _gain_curve(audio.shape[-1], lead, tail, start, np.exp(log_gain)).astype(np.float32)
-
-        # The held window: the output's last minute were this clip to come at a gain, before
-        # the limiter and after it (limiting a dynamic passage takes loudness with it).
-        unlimited = self._output.weigh(audio[:, lead:])
-        band = HELD_BAND + HELD_YOUNG_BAND * (1.0 - self._output.filled)
-
-        def before_limiting(log_gain: float) -> float:
-            curve = _gain_curve(audio.shape[-1], lead, tail, start, np.exp(log_gain))[lead:]
-            return self._output.loudness_with(unlimited * np.square(curve))
-
-        log_gain = _hold(before_limiting, np.log(gain), self.loudness, band)
-        limited = limit_peaks(output(log_gain), self.params.sample_rate, LIMITER_CEILING)
-        power = self._output.weigh(limited[:, lead:])
-        after_limiting = self._output.loudness_with(power)
-        taken = before_limiting(log_gain) - after_limiting
-        if taken > 0.05 and after_limiting < self.loudness - band:
-            log_gain = _hold(lambda value: before_limiting(value) - taken, log_gain, self.loudness, band)
-            limited = limit_peaks(output(log_gain), self.params.sample_rate, LIMITER_CEILING)
-            power = self._output.weigh(limited[:, lead:])
-        self._gain = float(np.exp(log_gain))
-        self._output.push(power)
-        return limited
-
-    def _loudness_of(self, audio: np.ndarray) -> float:
-        """Integrated loudness in LUFS; NaN for a clip shorter than BS.1770's 400-ms block."""
-        try:
-            return float(self._meter.integrated_loudness(audio.T.astype(np.float64)))
-        except ValueError:
-            return float("nan")
-
-
-def _hold(loudness: Callable[[float], float], log_gain: float, target: float, band: float) -> float:
-    """``log_gain``, or the log gain nearest it at which ``loudness`` lies within ``band`` LU
-    of ``target`` (searched within ``HELD_CORRECTION_DB``; loudness rises with the gain)."""
-    level = loudness(log_gain)
-    if not np.isfinite(level) or abs(level - target) <= band:
-        return log_gain
-    goal = target + np.sign(level - target) * band
-    low, high = sorted((log_gain, log_gain + np.sign(goal - level) * HELD_CORRECTION_DB / 20 * np.log(10)))
-    for _ in range(14):
-        middle = 0.5 * (low + high)
-        low, high = (middle, high) if loudness(middle) < goal else (low, middle)
-    return 0.5 * (low + high)
-
-
-def _gain_curve(length: int, lead: int, tail: int, start: float, gain: float) -> np.ndarray:
-    """Per-sample gain of a clip: ``start`` over the first ``lead`` samples, gliding in dB to
-    ``gain`` across the body, and ``gain`` over the last ``tail``."""
-    glide = max(length - lead - tail, 1)
-    return np.exp(np.concatenate([
-        np.full(lead, np.log(start)),
-        np.linspace(np.log(start), np.log(gain), glide, endpoint=False),
-        np.full(length - lead - glide, np.log(gain)),
-    ]))
 
 
 def stitch_images(images: list[Image.Image], params: SpectrogramParams | None = None,
