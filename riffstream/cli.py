@@ -101,8 +101,8 @@ def _subcommand_parser() -> argparse.ArgumentParser:
     to_audio.add_argument("--crossfade", type=option_type(checks.CROSSFADE), default=DEFAULT_CROSSFADE, metavar="SECONDS",
                           help="overlap between consecutive images (default: %(default)s)")
     to_audio.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS, metavar="LUFS",
-                          help="target loudness, true peaks under -1 dBTP; 'off' keeps the image's level, "
-                               "peak-limited (default: %(default)s)")
+                          help="long-term target loudness, true peaks under -1 dBTP; 'off' keeps the image's "
+                               "level, peak-limited (default: %(default)s)")
     to_audio.add_argument("--iterations", type=option_type(checks.ITERATIONS), default=DEFAULT_ITERATIONS, metavar="N",
                           help="Griffin-Lim iterations after PGHI (default: %(default)s; a clip still far "
                                "from consistent then gets up to 32)")
@@ -252,8 +252,8 @@ def _generation_parser(serve: bool = False) -> argparse.ArgumentParser:
                      help=f"overlap between clips, phase-continued and crossfaded (default: {DEFAULT_CROSSFADE:g}, "
                           "or a quarter of a narrower clip)")
     gen.add_argument("--loudness", type=_loudness, default=DEFAULT_LOUDNESS, metavar="LUFS",
-                     help="loudness every clip is brought to, true peaks under -1 dBTP; 'off' keeps the model's "
-                          "level (default: %(default)s)")
+                     help="long-term loudness: every five minutes within 1 LU of it, shorter rises and falls "
+                          "kept, true peaks under -1 dBTP; 'off' keeps the model's level (default: %(default)s)")
     gen.add_argument("--bpm", type=option_type(BPM), metavar="N",
                      help="tempo lock: clips start on an N-BPM bar grid, each from a synthesised drum loop (or "
                           "--init-audio's loop) cut to where it starts in the bar")
