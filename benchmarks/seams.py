@@ -63,7 +63,12 @@ CEILING = getattr(riffstream.stitch, "LIMITER_CEILING", -1.2)
 
 
 def r128(audio: np.ndarray) -> dict:
-    """EBU R128 integrated loudness, LRA and true peak of mono audio, by libebur128."""
+    """EBU R128 integrated loudness, LRA and true peak of mono audio, by libebur128.
+
+    This and ``windows_report`` call pyebur128 directly rather than ``riffstream.loudness``
+    (``measure``, ``BlockMeter``, ``gated_loudness``): the benchmark must run in checkouts
+    older than that module, and it checks the follower with a meter the follower does not share.
+    """
     mode = (pyebur128.MeasurementMode.MODE_I | pyebur128.MeasurementMode.MODE_LRA
             | pyebur128.MeasurementMode.MODE_TRUE_PEAK)
     state = pyebur128.R128State(1, RATE, mode)

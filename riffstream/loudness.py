@@ -70,22 +70,22 @@ CLIP_CEILING = 4.0
 HELD_REACH = 4.0
 
 
-def _energy_to_lufs(energy: float) -> float:
+def _energy_to_lufs(energy: np.ndarray | float) -> np.ndarray | float:
+    """BS.1770's loudness (LUFS) of a K-weighted mean-square energy (or an array of them)."""
     with np.errstate(divide="ignore"):
-        return float(-0.691 + 10 * np.log10(energy))
+        return -0.691 + 10 * np.log10(energy)
 
 
 def gated_loudness(energies: np.ndarray) -> float:
     """BS.1770's gated loudness (LUFS) of 400-ms block energies (K-weighted mean square,
     summed over channels); NaN where no block passes the gates."""
     energies = np.asarray(energies, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        level = -0.691 + 10 * np.log10(energies)
+    level = _energy_to_lufs(energies)
     loud = energies[level > ABSOLUTE_GATE]
     if loud.size == 0:
         return float("nan")
     relative = _energy_to_lufs(loud.mean()) + RELATIVE_GATE
-    return _energy_to_lufs(energies[(level > ABSOLUTE_GATE) & (level > relative)].mean())
+    return float(_energy_to_lufs(energies[(level > ABSOLUTE_GATE) & (level > relative)].mean()))
 
 
 @dataclass(frozen=True)
@@ -217,16 +217,15 @@ class LoudnessFollower:
         """
         new = audio[:, lead:]
         music, middles = self._meter.add(new)
-        positions = np.clip(middles + lead, 0, audio.shape[-1] - 1)
-        start = self._gain_db
         gain = self._preferred(music, new.shape[-1] / self.sample_rate)
-        start = gain if start is None else start
-
-        def curve(end_db: float) -> np.ndarray:
-            return _gain_curve(audio.shape[-1], lead, tail, start, end_db)
+        start = gain if self._gain_db is None else self._gain_db
+        # The gain in dB is start + (end - start) * glide: the glide is worked out once, and
+        # a candidate end gain is tried on the blocks' middles alone.
+        glide = _glide(audio.shape[-1], lead, tail)
+        glide_at_blocks = glide[np.clip(middles + lead, 0, audio.shape[-1] - 1)]
 
         def heard_with(end_db: float, kept: np.ndarray) -> float:
-            blocks = music * 10 ** (curve(end_db)[positions] / 10) * kept
+            blocks = music * 10 ** ((start + (end_db - start) * glide_at_blocks) / 10) * kept
             return gated_loudness(np.concatenate([self._heard, blocks])[-self._blocks :])
 
         band = HELD_BAND + YOUNG_BAND * (1.0 - min(1.0, (self._heard.size + music.size) / self._blocks))
@@ -240,12 +239,12 @@ class LoudnessFollower:
         kept = np.ones_like(music)  # the share of each block's energy the limiter leaves
         for _ in range(2):
             gain = _hold(lambda value: heard_with(value, kept), preferred, self.target, band, reach)
-            unlimited = audio * (10 ** (curve(gain) / 20)).astype(np.float32)
+            unlimited = audio * (10 ** ((start + (gain - start) * glide) / 20)).astype(np.float32)
             limited = limit_peaks(unlimited, self.sample_rate, LIMITER_CEILING)
             kept = _kept_energy(unlimited[:, lead:], limited[:, lead:], middles, self._meter.block)
             if not abs(heard_with(gain, kept) - self.target) > band or np.all(kept > 0.99):
                 break
-        scale = 10 ** (curve(gain)[positions] / 10)
+        scale = 10 ** ((start + (gain - start) * glide_at_blocks) / 10)
         self._music = np.concatenate([self._music, music])[-self._blocks :]
         self._unlimited = np.concatenate([self._unlimited, music * scale])[-self._blocks :]
         self._heard = np.concatenate([self._heard, music * scale * kept])[-self._blocks :]
@@ -301,9 +300,10 @@ def _hold(loudness: Callable[[float], float], gain_db: float, target: float, ban
     return 0.5 * (low + high)
 
 
-def _gain_curve(length: int, lead: int, tail: int, start_db: float, end_db: float) -> np.ndarray:
-    """Per-sample gain of a clip in dB: ``start_db`` over the first ``lead`` samples, gliding
-    to ``end_db`` across the body, and ``end_db`` over the last ``tail``."""
-    glide = max(length - lead - tail, 1)
-    return np.concatenate([np.full(lead, start_db), np.linspace(start_db, end_db, glide, endpoint=False),
-                           np.full(max(length - lead - glide, 0), end_db)])[:length]
+def _glide(length: int, lead: int, tail: int) -> np.ndarray:
+    """How far a clip's gain has moved from the last clip's to its own, per sample, 0 to 1:
+    0 over the first ``lead`` samples, rising linearly across the body, 1 over the last
+    ``tail``."""
+    body = max(length - lead - tail, 1)
+    return np.concatenate([np.zeros(lead), np.linspace(0.0, 1.0, body, endpoint=False),
+                           np.ones(max(length - lead - body, 0))])[:length]

@@ -31,6 +31,7 @@ ways:
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 from PIL import Image
 

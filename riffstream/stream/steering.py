@@ -164,7 +164,7 @@ class Steering:
         """The first clip carrying the earliest prompt asked for and not yet heard, once it has entered the live
         stream (None: it has not, or nothing waits)."""
         with self._lock:
-            return next((index for _, index in self._asked), None) if self._asked else None
+            return next((index for _, index in self._asked), None)
 
     # ------------------------------------------------------------------ the consumer's thread
 
