@@ -163,9 +163,14 @@ class Dispatcher:
                     made = replace(made, image=keep_overlap(handed.image, made.image, self.overlap_columns))
                 self._count(made)
                 latents = made.latents if self.options.continuation else None
+                # A steer that turns at once is taken even while the consumer is full (live play holds its whole
+                # look-ahead): the clip waiting here is past anything the cut keeps, which ends at the clips
+                # handed on.
                 if not put_until(self.ready, ReadyClip(job.clip, job.slot, made.image, latents, made.model_seconds,
-                                                       self.generation), self.stop):
-                    return
+                                                       self.generation), self.stop, self.steering.turns_now):
+                    if self.stop.is_set():
+                        return
+                    continue
                 handed = made
                 self._handed[job.clip.index] = made
                 self._handed.pop(job.clip.index - REMEMBERED, None)

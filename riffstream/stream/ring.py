@@ -19,9 +19,13 @@ import numpy as np
 POLL = 0.02
 
 
-def put_until(target: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put ``item`` on ``target``, waiting for room until ``stop`` is set; False if it was."""
+def put_until(target: queue.Queue, item, stop: threading.Event,
+              give_up: Callable[[], bool] | None = None) -> bool:
+    """Put ``item`` on ``target``, waiting for room until ``stop`` is set (or, while it waits,
+    ``give_up()`` says to); False if the item was not put."""
     while not stop.is_set():
+        if give_up is not None and give_up():
+            return False
         try:
             target.put(item, timeout=POLL)
             return True
