@@ -69,8 +69,8 @@ def test_the_limiter_holds_libebur128s_true_peak_under_the_ceiling(music: np.nda
     # peaks up to 0.06 dB higher than our 4x estimate.
     limited = limit_peaks(loud, RATE, LIMITER_CEILING)
     assert measure(limited, RATE).true_peak <= TRUE_PEAK_CEILING
-    # Limiting it 13 dB adds nothing above 13 kHz, where the stream holds no music (a plain
-    # clipper's splatter there reached 0.16, heard as clicks).
+    # Limiting it 13 dB adds nothing above 13 kHz, where the stream holds no music (a clipper's
+    # splatter there reached 0.16, heard as clicks).
     high_pass = scipy.signal.butter(8, 13000, "highpass", fs=RATE, output="sos")
 
     def above(audio: np.ndarray) -> float:
