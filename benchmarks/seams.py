@@ -15,17 +15,17 @@ whole stream, within 250 ms of a seam and more than 1 s from any. Targets: the d
 within 0.5 dB of off; seams within 1 dB of the interior.
 
 Part 2, whole tracks longer than 90 s, stitched whole: integrated loudness (target: within
-1 LU of -14 LUFS), loudness range against the original's (within 1 LU), true peak.
+1 LU of the target), loudness range against the original's (within 1 LU), true peak.
 
 Part 3, an hour of joined real music: the corpus tracks back to back at their own levels
 (repeated to fill the hour), cut and stitched as above. Part 4, an hour's render of the
 tiny random-weight model through the real stream (its clips' levels are arbitrary; it
 makes noise, not music: only its level is measured). For both: the integrated loudness of
-every 5-minute window, 10 s apart (target: within 1 LU of -14 LUFS), and true peak (at
-most -1 dBTP).
+every 5-minute window, 10 s apart (target: within 1 LU of the target), and true peak (at
+most -1 dBTP). The target is the code's default loudness unless ``--target`` names one.
 
-Usage: python benchmarks/seams.py [--seconds 40] [--minutes 60] [--tracks N] [--skip-whole]
-[--skip-hour] [--skip-render].
+Usage: python benchmarks/seams.py [--target LUFS] [--seconds 40] [--minutes 60] [--tracks N]
+[--skip-whole] [--skip-hour] [--skip-render] (``--tracks 0`` leaves out part 1).
 It measures the checkout it lies in: for the figures before a change, copy it into the
 older checkout and run it there. Ends with one JSON line.
 """
@@ -55,7 +55,8 @@ from tests.realmusic import CORPUS, real_music, track_seconds, windows_as_images
 
 WIDTH = 512
 RATE = 44100
-TARGET_LUFS = -14.0
+#: The target loudness, LUFS: the code's default (-14 before it moved), or ``--target``.
+TARGET_LUFS = getattr(riffstream.stitch, "DEFAULT_LOUDNESS", -14.0)
 #: The code under test's peak limiter (it moved from ``stitch`` to ``loudness``).
 limit_peaks = getattr(riffstream.stitch, "limit_peaks", None)
 if limit_peaks is None:
@@ -108,9 +109,10 @@ def windows_report(audio: np.ndarray, window: float = 300.0, step: float = 10.0)
             **{key: round(value, 2) for key, value in r128(audio).items() if key != "true_peak_dbtp"}}
 
 
-def stitch(images: list, params: SpectrogramParams, crossfade: float, loudness: float | None = TARGET_LUFS,
+def stitch(images: list, params: SpectrogramParams, crossfade: float, off: bool = False,
            progress: str = "") -> np.ndarray:
-    stitcher = ClipStitcher(params, crossfade, loudness=loudness)
+    """The images joined at the target loudness, or with ``--loudness off``."""
+    stitcher = ClipStitcher(params, crossfade, loudness=None if off else TARGET_LUFS)
     parts = []
     for index, image in enumerate(images):
         parts.append(stitcher.add(image)[0])
@@ -128,7 +130,7 @@ def static(images: list, params: SpectrogramParams, crossfade: float) -> np.ndar
         quieter = dataclasses.replace(params, max_value=params.max_value * 10 ** (-30 / 20))
         copy.getexif().update(quieter.to_exif())
         quiet.append(copy)
-    contour = stitch(quiet, params, crossfade, loudness=None)
+    contour = stitch(quiet, params, crossfade, off=True)
     gain = 10 ** ((TARGET_LUFS - r128(contour)["lufs"]) / 20)
     return limit_peaks((contour * gain)[None].astype(np.float32), RATE, CEILING)[0]
 
@@ -151,7 +153,7 @@ def excerpts(params: SpectrogramParams, seconds: float, tracks: int) -> list[dic
             row = {"track": f"{track.package}:{track.name}", "kind": track.kind, "crossfade_s": crossfade,
                    "original": r128(music)}
             for way, audio in (("default", stitch(images, params, crossfade)),
-                               ("off", stitch(images, params, crossfade, loudness=None)),
+                               ("off", stitch(images, params, crossfade, off=True)),
                                ("static", static(images, params, crossfade))):
                 row[way] = {**seam_report(music, audio, seams, RATE), **r128(audio)}
             row["default_minus_off_db"] = row["default"]["sc_db"] - row["off"]["sc_db"]
@@ -221,7 +223,7 @@ def tiny_render(minutes: float) -> dict:
         model = RiffusionModel.load(ModelOptions(model="tiny", cache_dir=Path(folder) / "cache", precision="f32"),
                                     progress=False)
         options = StreamOptions(prompts=("lofi hip hop", "jazz"), seed=1, steps=1,
-                                duration=minutes * 60)
+                                duration=minutes * 60, loudness=TARGET_LUFS)
         path = Path(folder) / "render.flac"
         began = time.monotonic()
         with AudioFileWriter(path, RATE, 1) as writer:
@@ -234,7 +236,9 @@ def tiny_render(minutes: float) -> dict:
 
 
 def summarise_excerpts(rows: list[dict]) -> dict:
-    summary = {}
+    summary: dict = {}
+    if not rows:
+        return summary
     for crossfade in (0.5, 1.0):
         part = [row for row in rows if row["crossfade_s"] == crossfade]
 
@@ -258,7 +262,9 @@ def summarise_excerpts(rows: list[dict]) -> dict:
 
 
 def main() -> None:
+    global TARGET_LUFS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=float, default=TARGET_LUFS, help="target loudness, LUFS (default: the code's)")
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each stitched excerpt")
     parser.add_argument("--minutes", type=float, default=60.0, help="length of the joined music and the render")
     parser.add_argument("--tracks", type=int, default=len(CORPUS), help="excerpts of the first N corpus tracks only")
@@ -266,10 +272,12 @@ def main() -> None:
     parser.add_argument("--skip-render", action="store_true", help="leave out part 4")
     parser.add_argument("--skip-hour", action="store_true", help="leave out part 3")
     args = parser.parse_args()
+    TARGET_LUFS = args.target
     params = SpectrogramParams()
     info = machine()
     print(f"machine: {info['cpu_model']}, {info['cores']} cores, flags {' '.join(info['cpu_flags'])}")
-    summary: dict = {"benchmark": "seams", "tracks": min(args.tracks, len(CORPUS)), "excerpt_s": args.seconds,
+    summary: dict = {"benchmark": "seams", "target_lufs": TARGET_LUFS, "tracks": min(args.tracks, len(CORPUS)),
+                     "excerpt_s": args.seconds,
                      **summarise_excerpts(excerpts(params, args.seconds, args.tracks))}
     long_rows = [] if args.skip_whole else whole_tracks(params)
     if long_rows:

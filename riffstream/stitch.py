@@ -19,7 +19,7 @@ ways:
    two overlaps do not show the same sound (independently generated clips), the new clip
    is matched to the loudness of the one before instead.
 4. **Loudness on a long time scale** (``riffstream.loudness``): a slow follower corrects
-   only drift, holding the last five minutes near the target (-14 LUFS by default) and
+   only drift, holding the last five minutes near the target (-16 LUFS by default) and
    leaving the contour carried across the seams alone; a look-ahead limiter holds true
    peaks below -1 dBTP. Its gain is constant over each clip's overlaps, so it never
    steps at a seam.
@@ -46,8 +46,13 @@ from riffstream.spectrogram import SpectrogramParams, mel_from_image, params_for
 #: seams are within 0.3 dB of the interior on average at 0.5 s and at 1 s; the longer overlap
 #: gives the level carried across a seam twice the columns to be measured on.
 DEFAULT_CROSSFADE = 1.0
-#: Target integrated loudness, the streaming services' norm.
-DEFAULT_LOUDNESS = -14.0
+#: Target long-term loudness, LUFS: AES TD1004's recommendation for streaming, and Apple
+#: Music's level. The louder -14 of other services leaves 13 dB for peaks under -1 dBTP,
+#: and audio rebuilt from spectrograms peaks 15 to 22 dB over its loudness (about 4 dB
+#: more than the music it was cut from; benchmarks/seams.py's corpus): at -14 the limiter
+#: took 5 to 8 dB off its peaks, and even a perfectly still gain lost 0.8 dB of spectral
+#: convergence to ``--loudness off``; at -16 it gained 2.3.
+DEFAULT_LOUDNESS = -16.0
 #: Seconds at each clip edge kept out of the crossfade: half the 100-ms analysis window.
 EDGE_GUARD = 0.05
 #: Overlap cells more than 30 dB under the loudest are too coarsely quantised to compare.
