@@ -205,9 +205,10 @@ def phase_play(cache: Path, precision: str, steps: int, seconds: float, polish: 
     lets every clip take Griffin-Lim's extension, as a render does."""
     from riffstream.model import RiffusionModel
     from riffstream.stream import RealTimeClock, Stream, StreamOptions
+    from riffstream.stream.consumer import Consumer
 
     if polish == "always":
-        Stream._can_polish = lambda self: True  # the comparison this benchmark makes, not an option
+        Consumer.can_polish = lambda self: True  # the comparison this benchmark makes, not an option
     model = RiffusionModel.load(options_for(cache, "live", precision), progress=False)
     stream = Stream(model, StreamOptions(prompts=("lofi hip hop", "smooth jazz"), seed=1, steps=steps, guidance=1.0),
                     clock_factory=lambda ring: RealTimeClock(ring, 44100, []))
