@@ -50,8 +50,8 @@ DEFAULT_CROSSFADE = 1.0
 #: Music's level. The louder -14 of other services leaves 13 dB for peaks under -1 dBTP,
 #: and audio rebuilt from spectrograms peaks 15 to 22 dB over its loudness (about 4 dB
 #: more than the music it was cut from; benchmarks/seams.py's corpus): at -14 the limiter
-#: took 5 to 8 dB off its peaks, and even a perfectly still gain lost 0.8 dB of spectral
-#: convergence to ``--loudness off``; at -16 it gained 2.3.
+#: took 2 to 9 dB (6 on average) off its peaks, and even a perfectly still gain lost 0.8 dB
+#: of spectral convergence to ``--loudness off``; at -16 it gained 2.3.
 DEFAULT_LOUDNESS = -16.0
 #: Seconds at each clip edge kept out of the crossfade: half the 100-ms analysis window.
 EDGE_GUARD = 0.05
