@@ -201,11 +201,14 @@ def _steer_live(model, mode: str, out=None, clips_before: int = 4) -> dict:
     stream.start()
     try:
         deadline = time.monotonic() + 180
-        # Steer once the clock has played 4 s, so the seam has 3 s of heard audio before it (a fast machine
-        # makes the first clips long before that).
+        # Steer once the clock has played 4 s with no underrun (a slow machine's start of play has some),
+        # so the seam has 3 s of heard music before it (a fast machine makes the first clips long before).
+        underruns, played_since = 0, 0
         while (stream.stats.clips < clips_before or not stream.clock_started or stream.ahead_seconds() < 3
-               or stream.clock.frames_out < 4 * RATE):
+               or stream.clock.frames_out - played_since < 4 * RATE):
             assert stream.poll() and time.monotonic() < deadline, "live play never got going"
+            if stream.clock.underruns != underruns:
+                underruns, played_since = stream.clock.underruns, stream.clock.frames_out
             time.sleep(0.01)
         making = stream.stats.last_model_seconds + stream.stats.last_audio_seconds
         underruns = stream.clock.underruns  # (the start of play is not what is tested)
