@@ -220,6 +220,8 @@ class Station:
             "behind": now.behind,
             "loops": now.loops,
             "stream_time": round(self.clock.stream_seconds, 3),
+            "underruns": self.clock.underruns,
+            "silence_s": round(self.clock.silence_frames / self.clock.sample_rate, 3),
             "settings": now.settings,
             "limits": {"prompt_chars": PROMPT_CHARS, "steps": [1, MAX_STEPS]},
             "token_required": self.options.token is not None,
