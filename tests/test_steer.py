@@ -167,10 +167,11 @@ class _Heard:
         self._silence_frames = 0
 
     def write(self, samples: np.ndarray) -> None:
-        self.blocks.append(samples.copy())
+        block = samples.copy()
         filled = self.clock.silence_frames - self._silence_frames
         self._silence_frames += filled
-        self.took.append(samples[:, : samples.shape[1] - filled].copy())
+        self.blocks.append(block)
+        self.took.append(block[:, : block.shape[1] - filled])
 
     def close(self) -> None:
         pass
@@ -229,7 +230,8 @@ def _steer_live(model, mode: str, out=None, clips_before: int = 4) -> dict:
         if writer is not None:
             writer.close()
     first = next(e for e in events if e.clip.prompt_b == "smooth jazz" and not e.loop)
-    return {"after": after, "making": making, "stream": stream, "heard": heard_sink.audio()[0], "taken": heard_sink.audio_taken()[0],
+    return {"after": after, "making": making, "stream": stream,
+            "heard": heard_sink.audio()[0], "taken": heard_sink.audio_taken()[0],
             "underruns": stream.clock.underruns - underruns,
             "seam": stream.clock.stream_frame(first.live_frame), "messages": stream.take_messages(), "first": first.clip}
 
